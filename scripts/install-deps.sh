@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the Debian packages cairn's build and tests need, where they are missing.
+# libclang-dev + clang: RocksDB's bindings (bindgen). fuse3: mount tests (later issues).
+set -euo pipefail
+need=()
+dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
+dpkg -s clang >/dev/null 2>&1 || need+=(clang)
+dpkg -s fuse3 >/dev/null 2>&1 || need+=(fuse3)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi

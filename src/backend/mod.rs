@@ -1,0 +1,80 @@
+//! The storage layer: one small trait, implemented over `object_store`.
+//!
+//! Names are `/`-separated and relative to the repository root (`data/ab/ab12…`). Nothing
+//! above this layer knows whether the root is a directory or a bucket prefix.
+//!
+//! Decorators (retry, fault injection, delete refusal) wrap an `Arc<dyn Backend>` and
+//! implement the same trait.
+
+mod object;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+
+pub use object::ObjectStoreBackend;
+
+/// An object's name and size as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub name: String,
+    pub size: u64,
+}
+
+/// Storage contract every backend honours.
+#[async_trait]
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Where this is, for messages (`/srv/backup`, `s3://bucket/prefix`). Never holds
+    /// secrets.
+    fn location(&self) -> &str;
+
+    /// Write `data` at `name` only if nothing is there. Either the whole object is
+    /// written and visible, or nothing is (no partial objects). Returns
+    /// [`Error::AlreadyExists`] when the name is taken; never overwrites (invariant 1).
+    async fn create(&self, name: &str, data: Bytes) -> Result<()>;
+
+    /// The whole object; [`Error::NotFound`] when absent.
+    async fn get(&self, name: &str) -> Result<Bytes>;
+
+    /// `range` of the object; [`Error::NotFound`] when absent. A range past the end is an
+    /// error, not a short read.
+    async fn get_range(&self, name: &str, range: Range<u64>) -> Result<Bytes>;
+
+    /// Size of the object, `None` when absent.
+    async fn head(&self, name: &str) -> Result<Option<u64>>;
+
+    /// Every object whose name starts with `prefix` (a folder such as `index/`), in no
+    /// particular order; handles any number of objects.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+
+    /// Remove the object. Idempotent: removing an absent object succeeds.
+    async fn delete(&self, name: &str) -> Result<()>;
+}
+
+/// Open the backend a repository URL names: a local path (`/srv/backup`,
+/// `local:/srv/backup`). `create` makes the local directory (for `init`).
+pub fn open(url: &str, create: bool) -> Result<Arc<dyn Backend>> {
+    let path = url.strip_prefix("local:").unwrap_or(url);
+    if url.starts_with("s3:") || url.starts_with("s3://") {
+        return Err(Error::Config(format!(
+            "{url}: S3 repositories are not supported by this build yet; use a local path"
+        )));
+    }
+    if path.is_empty() {
+        return Err(Error::Config("empty repository location".into()));
+    }
+    let dir = std::path::Path::new(path);
+    if create {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    } else if !dir.is_dir() {
+        return Err(Error::NoRepository {
+            location: path.to_string(),
+            hint: "the directory does not exist; check --repo or run `cairn init`".into(),
+        });
+    }
+    Ok(Arc::new(ObjectStoreBackend::local(dir)?))
+}

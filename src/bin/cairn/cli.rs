@@ -1,0 +1,166 @@
+//! Command-line definitions. Arguments become validated library options here; the
+//! commands in `commands.rs` make the library calls.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Deduplicated, encrypted, verified backups on local disk or S3/MinIO",
+    after_help = "Exit codes: 0 ok; 1 fatal error; 3 snapshot written but some inputs could not be read; \
+                  10 no repository at --repo; 11 lock could not be taken; 12 wrong password."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Repository location: a local path.
+    #[arg(short = 'r', long, env = "CAIRN_REPOSITORY", global = true)]
+    pub repo: Option<String>,
+    /// Read the password from the first line of this file.
+    #[arg(long, env = "CAIRN_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Run this shell command and use its output as the password.
+    #[arg(long, env = "CAIRN_PASSWORD_COMMAND", global = true)]
+    pub password_command: Option<String>,
+    /// Local cache directory (default: $XDG_CACHE_HOME/cairn).
+    #[arg(long, env = "CAIRN_CACHE_DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+    /// Concurrent requests to the repository.
+    #[arg(long, default_value_t = 4, global = true, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub connections: u16,
+    /// Print results as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only errors and warnings (for cron).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a repository.
+    Init(InitArgs),
+    /// Back up files and directories, or a stream from stdin.
+    Backup(BackupArgs),
+    /// List snapshots.
+    Snapshots,
+    /// List files in a snapshot: SNAPSHOT[:/path].
+    Ls(LsArgs),
+    /// Restore a snapshot, or a path in it (SNAPSHOT:/path), into a directory.
+    Restore(RestoreArgs),
+    /// Manage passwords (key files).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Print a decrypted repository object, for debugging.
+    #[command(subcommand)]
+    Cat(CatCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Minimum chunk size in bytes.
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub chunk_min: u32,
+    /// Average chunk size in bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub chunk_avg: u32,
+    /// Maximum chunk size in bytes.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub chunk_max: u32,
+    /// Target pack size in MiB.
+    #[arg(long, default_value_t = 16)]
+    pub pack_size_mib: u32,
+    /// zstd compression level (1-19).
+    #[arg(long, default_value_t = 3)]
+    pub compression: i32,
+    /// Argon2id memory in KiB for the new key (tests lower it).
+    #[arg(long, default_value_t = 64 * 1024, hide = true)]
+    pub kdf_memory_kib: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Files and directories to back up.
+    pub paths: Vec<PathBuf>,
+    /// Back up standard input as one file.
+    #[arg(long, conflicts_with = "paths")]
+    pub stdin: bool,
+    /// Path the stdin stream is stored under, e.g. harbor/registry.sql.
+    #[arg(long, default_value = "stdin", requires = "stdin")]
+    pub stdin_name: String,
+    /// Tag the snapshot (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Host name to record instead of this machine's.
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// SNAPSHOT or SNAPSHOT:/path (SNAPSHOT: an id, a unique prefix, or `latest`).
+    pub snapshot: String,
+    /// Path inside the snapshot (alternative to SNAPSHOT:/path).
+    pub path: Option<String>,
+    /// Long listing: type, mode, owner, size, time.
+    #[arg(short, long)]
+    pub long: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// SNAPSHOT or SNAPSHOT:/path.
+    pub snapshot: String,
+    /// Directory to restore into.
+    #[arg(short, long)]
+    pub target: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// List key files.
+    List,
+    /// Add a password.
+    Add(NewPassword),
+    /// Remove a key file by id.
+    Remove { id: String },
+    /// Change the password in use (adds the new key, then removes the old).
+    Passwd(NewPassword),
+}
+
+#[derive(Debug, Args)]
+pub struct NewPassword {
+    /// Read the new password from this file (else CAIRN_NEW_PASSWORD, else a prompt).
+    #[arg(long)]
+    pub new_password_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 64 * 1024, hide = true)]
+    pub kdf_memory_kib: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatCommand {
+    /// The repository config.
+    Config,
+    /// A snapshot object.
+    Snapshot { id: String },
+    /// An index file.
+    Index { id: String },
+    /// A pack's header.
+    Pack { id: String },
+    /// A blob's plaintext (data blobs raw, tree blobs as JSON).
+    Blob { id: String },
+    /// A key file's public part.
+    Key { id: String },
+}

@@ -1,0 +1,506 @@
+//! One function per command; each turns arguments into library options and makes the
+//! library call.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use cairn::backend;
+use cairn::crypto::kdf::KdfParams;
+use cairn::format::{
+    self, BlobType, ChunkerParams, IndexFile, KeyFile, PackHeader, Tree, aad, names,
+};
+use cairn::ops::backup::{self, BackupOptions, Progress, Source};
+use cairn::ops::restore::{self, RestoreOptions};
+use cairn::ops::walk;
+use cairn::repository::{IndexedRepository, InitOptions, RepoOptions, Repository};
+use cairn::util::human_bytes;
+use zeroize::Zeroizing;
+
+use crate::cli::{
+    BackupArgs, CatCommand, Cli, Command, Global, InitArgs, KeyCommand, LsArgs, NewPassword,
+    RestoreArgs,
+};
+use crate::exit;
+
+pub fn run(cli: Cli) -> Result<u8> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init(a) => init(g, a),
+        Command::Backup(a) => backup_cmd(g, a),
+        Command::Snapshots => snapshots(g),
+        Command::Ls(a) => ls(g, a),
+        Command::Restore(a) => restore_cmd(g, a),
+        Command::Key(k) => key(g, k),
+        Command::Cat(c) => cat(g, c),
+    }
+}
+
+fn repo_url(g: &Global) -> Result<&str> {
+    g.repo
+        .as_deref()
+        .ok_or_else(|| anyhow!("no repository given: use --repo or set CAIRN_REPOSITORY"))
+}
+
+fn repo_options(g: &Global) -> RepoOptions {
+    RepoOptions {
+        cache_dir: g.cache_dir.clone(),
+        connections: g.connections as usize,
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.split(['\n', '\r']).next().unwrap_or("")
+}
+
+/// The password: --password-file, --password-command, CAIRN_PASSWORD, or a TTY prompt.
+fn password(g: &Global, confirm: bool) -> Result<Zeroizing<String>> {
+    if let Some(f) = &g.password_file {
+        let s = Zeroizing::new(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading password file {}", f.display()))?,
+        );
+        return Ok(Zeroizing::new(first_line(&s).to_string()));
+    }
+    if let Some(cmd) = &g.password_command {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| "running --password-command")?;
+        if !out.status.success() {
+            bail!("--password-command failed ({})", out.status);
+        }
+        let s = Zeroizing::new(
+            String::from_utf8(out.stdout).context("password command output is not UTF-8")?,
+        );
+        return Ok(Zeroizing::new(first_line(&s).to_string()));
+    }
+    if let Ok(p) = std::env::var("CAIRN_PASSWORD") {
+        return Ok(Zeroizing::new(p));
+    }
+    prompt("password", confirm)
+}
+
+fn prompt(what: &str, confirm: bool) -> Result<Zeroizing<String>> {
+    if !std::io::stdin().is_terminal() && !std::io::stderr().is_terminal() {
+        bail!(
+            "no {what} given: use --password-file, --password-command or CAIRN_PASSWORD (no terminal to ask on)"
+        );
+    }
+    let p = Zeroizing::new(rpassword::prompt_password(format!("enter {what}: "))?);
+    if confirm {
+        let again = Zeroizing::new(rpassword::prompt_password(format!("enter {what} again: "))?);
+        if *again != *p {
+            bail!("the two {what}s differ");
+        }
+    }
+    if p.is_empty() {
+        bail!("empty {what}");
+    }
+    Ok(p)
+}
+
+fn open(g: &Global) -> Result<Repository> {
+    let url = repo_url(g)?;
+    let store = backend::open(url, false)?;
+    let pw = password(g, false)?;
+    Ok(Repository::open(store, pw.as_bytes(), repo_options(g))?)
+}
+
+fn open_indexed(g: &Global) -> Result<IndexedRepository> {
+    let repo = open(g)?.into_indexed()?;
+    for name in &repo.sync_stats().damaged {
+        eprintln!("warning: index file {name} could not be read; run `cairn check`");
+    }
+    Ok(repo)
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn init(g: &Global, a: InitArgs) -> Result<u8> {
+    let url = repo_url(g)?;
+    let chunker = ChunkerParams {
+        min: a.chunk_min,
+        avg: a.chunk_avg,
+        max: a.chunk_max,
+    };
+    chunker.validate()?;
+    let opts = InitOptions {
+        chunker,
+        pack_size: a
+            .pack_size_mib
+            .checked_mul(1 << 20)
+            .ok_or_else(|| anyhow!("--pack-size-mib {} is too large", a.pack_size_mib))?,
+        compression: a.compression,
+        kdf: KdfParams::with_cost(a.kdf_memory_kib, 3, 1),
+    };
+    let store = backend::open(url, true)?;
+    let pw = password(g, true)?;
+    let repo = Repository::init(store, pw.as_bytes(), opts, repo_options(g))
+        .context("init refused, nothing was changed")?;
+    if g.json {
+        print_json(&serde_json::json!({"repository": url, "id": repo.config().id}))?;
+    } else if !g.quiet {
+        println!(
+            "created cairn repository {} at {url}",
+            repo.config().id.short()
+        );
+        println!("keep the password safe: without it the data cannot be restored");
+    }
+    Ok(exit::OK)
+}
+
+fn backup_cmd(g: &Global, a: BackupArgs) -> Result<u8> {
+    let source = if a.stdin {
+        Source::Stream {
+            name: a.stdin_name.clone(),
+            reader: Box::new(std::io::stdin()),
+            info: Default::default(),
+        }
+    } else {
+        if a.paths.is_empty() {
+            bail!("nothing to back up: give paths, or --stdin");
+        }
+        Source::Paths(a.paths.clone())
+    };
+    let repo = open_indexed(g)?;
+    let opts = BackupOptions {
+        tags: a.tags,
+        host: a.host,
+    };
+    let progress = Progress::default();
+    let done = backup::backup(&repo, source, &opts, &progress)?;
+    let s = &done.snapshot.summary;
+    if g.json {
+        print_json(&serde_json::json!({
+            "snapshot_id": done.id,
+            "complete": done.snapshot.complete,
+            "problems": done.problems,
+            "summary": s,
+        }))?;
+    } else if !g.quiet {
+        println!(
+            "snapshot {} saved: {} files, {} dirs, {} read, {} added to the repository in {:.1}s",
+            done.id.short(),
+            s.files_new,
+            s.dirs,
+            human_bytes(s.bytes_read),
+            human_bytes(s.bytes_added),
+            s.duration_ms as f64 / 1000.0
+        );
+    }
+    if done.snapshot.complete {
+        Ok(exit::OK)
+    } else {
+        eprintln!(
+            "warning: snapshot {} is incomplete: {} input(s) could not be read (listed above)",
+            done.id.short(),
+            done.problems.len()
+        );
+        Ok(exit::INCOMPLETE)
+    }
+}
+
+fn local_time(t: format::Timestamp) -> String {
+    t.to_datetime()
+        .map(|d| {
+            d.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_else(|| format!("@{}", t.secs))
+}
+
+fn snapshots(g: &Global) -> Result<u8> {
+    let repo = open(g)?;
+    let list = repo.snapshots()?;
+    if g.json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|(id, s)| serde_json::json!({"id": id, "snapshot": s}))
+            .collect();
+        print_json(&v)?;
+        return Ok(exit::OK);
+    }
+    println!(
+        "{:<8}  {:<19}  {:<12}  {:<12}  {:>10}  {:<8}  paths",
+        "id", "time", "host", "tags", "size", "state"
+    );
+    for (id, s) in &list {
+        println!(
+            "{:<8}  {:<19}  {:<12}  {:<12}  {:>10}  {:<8}  {}",
+            id.short(),
+            local_time(s.time),
+            s.host,
+            s.tags.join(","),
+            human_bytes(s.summary.total_bytes),
+            if s.complete { "complete" } else { "INCOMPLETE" },
+            s.paths.join(" ")
+        );
+    }
+    if !g.quiet {
+        println!("{} snapshot(s)", list.len());
+    }
+    Ok(exit::OK)
+}
+
+fn ls(g: &Global, a: LsArgs) -> Result<u8> {
+    let (spec, mut path) = walk::split_spec(&a.snapshot);
+    if let Some(p) = &a.path {
+        path = p;
+    }
+    let repo = open_indexed(g)?;
+    let (_, snap) = repo.find_snapshot(spec)?;
+    let base = PathBuf::from(if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    });
+    let mut out = std::io::stdout().lock();
+    let mut print = |p: &Path, n: &format::Node| -> cairn::Result<bool> {
+        let r = if g.json {
+            serde_json::to_writer(
+                &mut out,
+                &serde_json::json!({
+                    "path": p.to_string_lossy(), "type": n.kind.letter().to_string(), "mode": n.mode,
+                    "uid": n.uid, "gid": n.gid, "user": n.user, "group": n.group, "size": n.size,
+                    "mtime": n.mtime.to_datetime().map(|d| d.to_rfc3339()),
+                }),
+            )
+            .map_err(std::io::Error::other)
+            .and_then(|_| writeln!(out))
+        } else if a.long {
+            writeln!(
+                out,
+                "{}{:04o} {:>8} {:>8} {:>12} {}  {}",
+                n.kind.letter(),
+                n.mode,
+                if n.user.is_empty() {
+                    n.uid.to_string()
+                } else {
+                    n.user.clone()
+                },
+                if n.group.is_empty() {
+                    n.gid.to_string()
+                } else {
+                    n.group.clone()
+                },
+                n.size,
+                local_time(n.mtime),
+                p.display()
+            )
+        } else {
+            writeln!(out, "{}", p.display())
+        };
+        r.map_err(|e| cairn::Error::Io {
+            path: "<stdout>".into(),
+            source: e,
+        })?;
+        Ok(true)
+    };
+    match walk::find_node(&repo, &snap.tree, &base)? {
+        None => walk::walk(&repo, &snap.tree, Path::new("/"), &mut print)?,
+        Some(node) => {
+            print(&base, &node)?;
+            if let format::NodeKind::Dir { subtree } = &node.kind {
+                walk::walk(&repo, subtree, &base, &mut print)?;
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn restore_cmd(g: &Global, a: RestoreArgs) -> Result<u8> {
+    let (spec, path) = walk::split_spec(&a.snapshot);
+    let repo = open_indexed(g)?;
+    let (id, snap) = repo.find_snapshot(spec)?;
+    let opts = RestoreOptions {
+        target: a.target.clone(),
+        path: PathBuf::from(path),
+    };
+    let stats = restore::restore(&repo, &snap, &opts)?;
+    for p in &stats.problems {
+        eprintln!("error: {p}");
+    }
+    if g.json {
+        print_json(&serde_json::json!({
+            "snapshot_id": id, "files": stats.files, "dirs": stats.dirs, "other": stats.other,
+            "bytes": stats.bytes, "problems": stats.problems,
+        }))?;
+    } else if !g.quiet {
+        println!(
+            "restored snapshot {} to {}: {} files, {} dirs, {} other, {}",
+            id.short(),
+            a.target.display(),
+            stats.files,
+            stats.dirs,
+            stats.other,
+            human_bytes(stats.bytes)
+        );
+    }
+    if stats.problems.is_empty() {
+        Ok(exit::OK)
+    } else {
+        bail!(
+            "restore finished with {} error(s) (listed above); everything else was restored",
+            stats.problems.len()
+        )
+    }
+}
+
+fn new_password(a: &NewPassword) -> Result<Zeroizing<String>> {
+    if let Some(f) = &a.new_password_file {
+        let s = Zeroizing::new(
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        );
+        return Ok(Zeroizing::new(first_line(&s).to_string()));
+    }
+    if let Ok(p) = std::env::var("CAIRN_NEW_PASSWORD") {
+        return Ok(Zeroizing::new(p));
+    }
+    prompt("new password", true)
+}
+
+fn key(g: &Global, k: KeyCommand) -> Result<u8> {
+    let mut repo = open(g)?;
+    match k {
+        KeyCommand::List => {
+            let keys = repo.list_keys()?;
+            if g.json {
+                print_json(&keys)?;
+            } else {
+                println!("  {:<8}  {:<19}  {:<12}  user", "id", "created", "host");
+                for k in keys {
+                    println!(
+                        "{} {:<8}  {:<19}  {:<12}  {}",
+                        if k.current { "*" } else { " " },
+                        k.id.short(),
+                        local_time(format::Timestamp {
+                            secs: k.created,
+                            nanos: 0
+                        }),
+                        k.host,
+                        k.user
+                    );
+                }
+            }
+        }
+        KeyCommand::Add(a) => {
+            let pw = new_password(&a)?;
+            let id = repo.add_key(pw.as_bytes(), KdfParams::with_cost(a.kdf_memory_kib, 3, 1))?;
+            if !g.quiet {
+                println!("added key {}", id.short());
+            }
+        }
+        KeyCommand::Remove { id } => {
+            let keys = repo.list_keys()?;
+            let m: Vec<_> = keys
+                .iter()
+                .filter(|k| k.id.to_hex().starts_with(&id.to_lowercase()))
+                .collect();
+            let k = match m.as_slice() {
+                [k] => k.id,
+                [] => bail!("no key {id}"),
+                _ => bail!("key prefix {id} is ambiguous"),
+            };
+            repo.remove_key(&k)?;
+            if !g.quiet {
+                println!("removed key {}", k.short());
+            }
+        }
+        KeyCommand::Passwd(a) => {
+            let pw = new_password(&a)?;
+            let id =
+                repo.change_password(pw.as_bytes(), KdfParams::with_cost(a.kdf_memory_kib, 3, 1))?;
+            if !g.quiet {
+                println!("password changed; new key {}", id.short());
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn find_object(repo: &Repository, folder: &str, prefix: &str) -> Result<String> {
+    let list = repo.block_on(repo.backend().list(folder))?;
+    let m: Vec<_> = list
+        .into_iter()
+        .filter(|o| {
+            o.name
+                .rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with(&prefix.to_lowercase()))
+        })
+        .collect();
+    match m.as_slice() {
+        [o] => Ok(o.name.clone()),
+        [] => bail!("no object {folder}{prefix}*"),
+        _ => bail!("prefix {prefix} is ambiguous in {folder}"),
+    }
+}
+
+fn tree_json(t: &Tree) -> serde_json::Value {
+    serde_json::Value::Array(
+        t.nodes
+            .iter()
+            .map(|n| {
+                let mut v = serde_json::to_value(n).unwrap_or_default();
+                v["name"] = serde_json::Value::String(n.name_lossy());
+                v
+            })
+            .collect(),
+    )
+}
+
+fn cat(g: &Global, c: CatCommand) -> Result<u8> {
+    let repo = open(g)?;
+    let key = repo.key().clone();
+    match c {
+        CatCommand::Config => print_json(repo.config())?,
+        CatCommand::Snapshot { id } => {
+            let (id, s) = repo.find_snapshot(&id)?;
+            print_json(&serde_json::json!({"id": id, "snapshot": s}))?;
+        }
+        CatCommand::Index { id } => {
+            let name = find_object(&repo, names::INDEX, &id)?;
+            let bytes = repo.block_on(repo.backend().get(&name))?;
+            let idx: IndexFile = format::open_object(&key, aad::INDEX, &name, &bytes)?;
+            print_json(&idx)?;
+        }
+        CatCommand::Pack { id } => {
+            let name = find_object(&repo, names::DATA, &id)?;
+            let bytes = repo.block_on(repo.backend().get(&name))?;
+            let pid = name.rsplit('/').next().unwrap_or_default().parse()?;
+            let h = PackHeader::from_pack_bytes(&key, &pid, &bytes)?;
+            print_json(&h)?;
+        }
+        CatCommand::Blob { id } => {
+            let id = id.parse()?;
+            let repo = repo.into_indexed()?;
+            if repo.index().contains(BlobType::Data, &id)? {
+                let data = repo.read_blob(BlobType::Data, &id)?;
+                std::io::stdout().write_all(&data)?;
+            } else {
+                let t = repo.load_tree(&id)?;
+                print_json(&tree_json(&t))?;
+            }
+        }
+        CatCommand::Key { id } => {
+            let name = find_object(&repo, names::KEYS, &id)?;
+            let bytes = repo.block_on(repo.backend().get(&name))?;
+            let kf = KeyFile::from_bytes(&name, &bytes)?;
+            print_json(&serde_json::json!({
+                "created": kf.created, "host": kf.host, "user": kf.user,
+                "kdf": {"algorithm": "argon2id", "memory_kib": kf.kdf.memory_kib,
+                        "iterations": kf.kdf.iterations, "parallelism": kf.kdf.parallelism},
+            }))?;
+        }
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,59 @@
+//! The `cairn` command. Thin: parse, call the library, print, map errors to exit codes.
+
+mod cli;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit codes (design.md): stable, scripts depend on them.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FATAL: u8 = 1;
+    pub const INCOMPLETE: u8 = 3;
+    pub const NO_REPOSITORY: u8 = 10;
+    pub const LOCKED: u8 = 11;
+    pub const WRONG_PASSWORD: u8 = 12;
+}
+
+fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`cairn ls latest | head`), like other Unix tools.
+    // SAFETY: setting a signal disposition at startup, before any threads exist.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = cli::Cli::parse();
+    let level = match (cli.global.quiet, cli.global.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("cairn={level},warn")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
+
+    match commands::run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            let code = exit_code(&err);
+            eprintln!("error: {err:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn exit_code(err: &anyhow::Error) -> u8 {
+    match err.downcast_ref::<cairn::Error>() {
+        Some(cairn::Error::NoRepository { .. }) => exit::NO_REPOSITORY,
+        Some(cairn::Error::WrongPassword { .. }) => exit::WRONG_PASSWORD,
+        Some(cairn::Error::Locked(_)) => exit::LOCKED,
+        _ => exit::FATAL,
+    }
+}

@@ -1,0 +1,161 @@
+//! Key material and the two primitives every stored byte goes through: keyed BLAKE3 for
+//! blob ids and AES-256-GCM for sealing.
+//!
+//! A sealed message is `nonce (12) || ciphertext || tag (16)` with a fresh random nonce
+//! per message; the associated data names what the message is (see `docs/format.md`), so
+//! an object moved to another name or kind fails to open.
+
+pub mod kdf;
+
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::id::BlobId;
+
+/// Bytes added by sealing: nonce and tag.
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+
+/// Sealing failed to authenticate: wrong key, or the bytes were changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenError;
+
+/// The repository's master key. Random at `init`, stored only sealed in `keys/<id>`.
+#[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct MasterKey {
+    /// AES-256-GCM key for every sealed object.
+    data: [u8; 32],
+    /// BLAKE3 key for blob ids.
+    id: [u8; 32],
+    /// Seed of the chunker's gear table (keeps chunk boundaries private).
+    chunker_seed: u64,
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+impl MasterKey {
+    /// A fresh random key from the OS generator.
+    pub fn random() -> Self {
+        use rand::RngCore;
+        let mut k = MasterKey {
+            data: [0; 32],
+            id: [0; 32],
+            chunker_seed: 0,
+        };
+        rand::rngs::OsRng.fill_bytes(&mut k.data);
+        rand::rngs::OsRng.fill_bytes(&mut k.id);
+        // A zero seed would leave fastcdc's gear table unseeded.
+        while k.chunker_seed == 0 {
+            k.chunker_seed = rand::rngs::OsRng.next_u64();
+        }
+        k
+    }
+
+    /// A key from fixed bytes, for golden tests and fuzzing only.
+    #[doc(hidden)]
+    pub fn from_parts(data: [u8; 32], id: [u8; 32], chunker_seed: u64) -> Self {
+        MasterKey {
+            data,
+            id,
+            chunker_seed,
+        }
+    }
+
+    pub fn chunker_seed(&self) -> u64 {
+        self.chunker_seed
+    }
+
+    /// The id of a blob: keyed BLAKE3 of its plaintext.
+    pub fn blob_id(&self, plaintext: &[u8]) -> BlobId {
+        BlobId(crate::id::Id(
+            *blake3::keyed_hash(&self.id, plaintext).as_bytes(),
+        ))
+    }
+
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        seal_with(&self.data, aad, plaintext)
+    }
+
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+        open_with(&self.data, aad, sealed)
+    }
+}
+
+/// Seal `plaintext` under `key` with a fresh random nonce.
+pub fn seal_with(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    use rand::RngCore;
+    let cipher = Aes256Gcm::new(key.into());
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plaintext);
+    let tag = cipher
+        .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut out[NONCE_LEN..])
+        .expect("AES-GCM encrypts any message shorter than 64 GiB");
+    out.extend_from_slice(&tag);
+    out
+}
+
+/// Open a message made by [`seal_with`]; fails on any change to it or to `aad`.
+pub fn open_with(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+    if sealed.len() < SEAL_OVERHEAD {
+        return Err(OpenError);
+    }
+    let cipher = Aes256Gcm::new(key.into());
+    let (nonce, rest) = sealed.split_at(NONCE_LEN);
+    let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
+    let mut buf = body.to_vec();
+    cipher
+        .decrypt_in_place_detached(
+            Nonce::from_slice(nonce),
+            aad,
+            &mut buf,
+            Tag::from_slice(tag),
+        )
+        .map_err(|_| OpenError)?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn debug_is_redacted() {
+        let k = MasterKey::random();
+        assert_eq!(format!("{k:?}"), "MasterKey(<redacted>)");
+        assert_ne!(k.chunker_seed(), 0);
+    }
+
+    proptest! {
+        #[test]
+        fn seal_open_round_trip(data in proptest::collection::vec(any::<u8>(), 0..4096),
+                                aad in proptest::collection::vec(any::<u8>(), 0..64),
+                                flip in any::<prop::sample::Index>()) {
+            let k = MasterKey::random();
+            let sealed = k.seal(&aad, &data);
+            prop_assert_eq!(sealed.len(), data.len() + SEAL_OVERHEAD);
+            prop_assert_eq!(k.open(&aad, &sealed).unwrap(), data);
+            // Any flipped bit is detected.
+            let mut bad = sealed.clone();
+            let i = flip.index(bad.len());
+            bad[i] ^= 0x01;
+            prop_assert!(k.open(&aad, &bad).is_err());
+            // Other associated data is detected.
+            let mut aad2 = aad.clone();
+            aad2.push(0);
+            prop_assert!(k.open(&aad2, &sealed).is_err());
+            // Another key cannot open it.
+            prop_assert!(MasterKey::random().open(&aad, &sealed).is_err());
+        }
+    }
+}

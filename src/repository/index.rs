@@ -1,0 +1,258 @@
+//! The local blob index: a RocksDB database under the cache directory mapping
+//! `(type, blob id) -> location`, kept in step with the repository's `index/` folder.
+//!
+//! The cache is never the truth. At open it lists `index/`, reads only index files it
+//! has not seen, and starts over when one it had seen is gone (prune replaced it).
+//! Deleting the cache costs time, never data. Lookups go to RocksDB, so memory does not
+//! grow with the number of blobs in the repository (invariant 7).
+//!
+//! Keys: `b` `type` `id` -> postcard([`BlobLocation`]); `i` `index id` -> empty (seen).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+use rocksdb::{DB, Options, WriteBatch};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+use crate::crypto::MasterKey;
+use crate::error::{Error, Result};
+use crate::format::{BlobType, IndexFile, PackBlob, aad, names, open_object};
+use crate::id::{BlobId, IndexId, PackId};
+
+/// Where a blob is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobLocation {
+    pub pack: PackId,
+    pub offset: u64,
+    pub length: u32,
+    pub raw_length: u32,
+}
+
+/// Counts from a sync with `index/`.
+#[derive(Debug, Default, Clone)]
+pub struct SyncStats {
+    pub index_files: usize,
+    pub read: usize,
+    pub rebuilt: bool,
+    /// Index files that could not be read or opened (skipped; `check` names them).
+    pub damaged: Vec<String>,
+}
+
+/// The RocksDB-backed index cache.
+pub struct IndexCache {
+    db: DB,
+    path: PathBuf,
+    // Keeps a private fallback database alive (and removes it on drop).
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl std::fmt::Debug for IndexCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IndexCache({})", self.path.display())
+    }
+}
+
+fn db_options() -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.set_compression_type(rocksdb::DBCompressionType::None);
+    o.set_write_buffer_size(16 << 20);
+    o.set_max_open_files(256);
+    let mut t = rocksdb::BlockBasedOptions::default();
+    t.set_bloom_filter(10.0, false);
+    t.set_block_cache(&rocksdb::Cache::new_lru_cache(32 << 20));
+    t.set_cache_index_and_filter_blocks(true);
+    o.set_block_based_table_factory(&t);
+    o
+}
+
+fn blob_key(ty: BlobType, id: &BlobId) -> [u8; 34] {
+    let mut k = [0u8; 34];
+    k[0] = b'b';
+    k[1] = match ty {
+        BlobType::Data => 0,
+        BlobType::Tree => 1,
+    };
+    k[2..].copy_from_slice(id.as_bytes());
+    k
+}
+
+fn seen_key(id: &IndexId) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = b'i';
+    k[1..].copy_from_slice(id.as_bytes());
+    k
+}
+
+fn cache_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Cache {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+impl IndexCache {
+    /// Open (or create) the cache at `dir`. When another cairn process on this machine
+    /// holds it, use a private temporary database instead: slower, never wrong.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        match DB::open(&db_options(), dir) {
+            Ok(db) => Ok(IndexCache {
+                db,
+                path: dir.to_path_buf(),
+                _temp: None,
+            }),
+            Err(e) if e.to_string().contains("lock") => {
+                tracing::warn!(
+                    "index cache {} is in use by another cairn process; using a private temporary cache",
+                    dir.display()
+                );
+                Self::temporary()
+            }
+            Err(e) => {
+                // A damaged cache is rebuilt: it is only a cache.
+                tracing::warn!(
+                    "index cache {} unusable ({e}); rebuilding it",
+                    dir.display()
+                );
+                let _ = DB::destroy(&Options::default(), dir);
+                let db = DB::open(&db_options(), dir).map_err(|e| cache_err(dir, e))?;
+                Ok(IndexCache {
+                    db,
+                    path: dir.to_path_buf(),
+                    _temp: None,
+                })
+            }
+        }
+    }
+
+    /// A cache in a fresh temporary directory, removed when dropped.
+    pub fn temporary() -> Result<Self> {
+        let t = tempfile::Builder::new()
+            .prefix("cairn-index-")
+            .tempdir()
+            .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        let db = DB::open(&db_options(), t.path()).map_err(|e| cache_err(t.path(), e))?;
+        Ok(IndexCache {
+            db,
+            path: t.path().to_path_buf(),
+            _temp: Some(t),
+        })
+    }
+
+    pub fn get(&self, ty: BlobType, id: &BlobId) -> Result<Option<BlobLocation>> {
+        match self
+            .db
+            .get_pinned(blob_key(ty, id))
+            .map_err(|e| cache_err(&self.path, e))?
+        {
+            None => Ok(None),
+            Some(v) => postcard::from_bytes(&v)
+                .map(Some)
+                .map_err(|e| cache_err(&self.path, format!("bad entry: {e}"))),
+        }
+    }
+
+    pub fn contains(&self, ty: BlobType, id: &BlobId) -> Result<bool> {
+        Ok(self.get(ty, id)?.is_some())
+    }
+
+    /// Record an index file's entries (and that it has been seen) atomically.
+    pub fn add_index_file(&self, id: &IndexId, file: &IndexFile) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for p in &file.packs {
+            for b in &p.blobs {
+                batch.put(blob_key(b.ty, &b.id), entry(&p.id, b));
+            }
+        }
+        batch.put(seen_key(id), []);
+        self.db.write(batch).map_err(|e| cache_err(&self.path, e))
+    }
+
+    fn seen(&self) -> Result<HashSet<IndexId>> {
+        let mut out = HashSet::new();
+        for item in self.db.prefix_iterator(b"i") {
+            let (k, _) = item.map_err(|e| cache_err(&self.path, e))?;
+            if k.first() != Some(&b'i') {
+                break;
+            }
+            if let Ok(b) = <[u8; 32]>::try_from(&k[1..]) {
+                out.insert(IndexId(crate::id::Id(b)));
+            }
+        }
+        Ok(out)
+    }
+
+    fn clear(&self) -> Result<()> {
+        // Range-delete both key spaces; cheaper than destroying an open database.
+        let mut batch = WriteBatch::default();
+        batch.delete_range(b"b", b"c");
+        batch.delete_range(b"i", b"j");
+        self.db.write(batch).map_err(|e| cache_err(&self.path, e))
+    }
+
+    /// Bring the cache in step with `index/`.
+    pub async fn sync(&self, backend: &dyn Backend, key: &MasterKey) -> Result<SyncStats> {
+        let listed: HashSet<IndexId> = backend
+            .list(names::INDEX)
+            .await?
+            .into_iter()
+            .filter_map(|o| o.name.rsplit('/').next()?.parse().ok())
+            .collect();
+        let seen = self.seen()?;
+        let mut stats = SyncStats {
+            index_files: listed.len(),
+            ..Default::default()
+        };
+        let to_read: Vec<IndexId> = if seen.iter().any(|id| !listed.contains(id)) {
+            tracing::info!("index files were replaced; rebuilding the local index cache");
+            self.clear()?;
+            stats.rebuilt = true;
+            listed.iter().copied().collect()
+        } else {
+            listed.difference(&seen).copied().collect()
+        };
+        let mut fetches = futures::stream::iter(to_read)
+            .map(|id| async move {
+                let name = names::index(&id);
+                let bytes = backend.get(&name).await;
+                (id, name, bytes)
+            })
+            .buffer_unordered(8);
+        while let Some((id, name, bytes)) = fetches.next().await {
+            let opened = bytes.and_then(|bytes| {
+                tokio::task::block_in_place(|| {
+                    open_object::<IndexFile>(key, aad::INDEX, &name, &bytes)
+                })
+            });
+            match opened {
+                Ok(file) => {
+                    self.add_index_file(&id, &file)?;
+                    stats.read += 1;
+                }
+                // A damaged index file must not stop restores of everything else; its
+                // blobs look absent (a backup stores them again). `check` reports it.
+                Err(e) if !matches!(e, Error::Backend { .. }) => {
+                    tracing::warn!(
+                        "skipping {name}: {e}; run `cairn check`, then `cairn repair index`"
+                    );
+                    stats.damaged.push(name);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(stats)
+    }
+}
+
+fn entry(pack: &PackId, b: &PackBlob) -> Vec<u8> {
+    postcard::to_stdvec(&BlobLocation {
+        pack: *pack,
+        offset: b.offset,
+        length: b.length,
+        raw_length: b.raw_length,
+    })
+    .expect("location encodes")
+}

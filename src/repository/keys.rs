@@ -1,0 +1,122 @@
+//! Key files: several passwords per repository, each sealing the same master key.
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::Repository;
+use crate::backend::Backend;
+use crate::crypto::MasterKey;
+use crate::crypto::kdf::KdfParams;
+use crate::error::{Error, Result};
+use crate::format::{KeyFile, names};
+use crate::id::KeyId;
+
+/// A key file as `key list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyInfo {
+    pub id: KeyId,
+    pub created: i64,
+    pub host: String,
+    pub user: String,
+    /// The key this process opened the repository with.
+    pub current: bool,
+}
+
+async fn load_all(backend: &dyn Backend) -> Result<Vec<(KeyId, Result<KeyFile>)>> {
+    let list = backend.list(names::KEYS).await?;
+    let ids: Vec<KeyId> = list
+        .iter()
+        .filter_map(|o| o.name.rsplit('/').next()?.parse().ok())
+        .collect();
+    Ok(futures::stream::iter(ids)
+        .map(|id| async move {
+            let name = names::key(&id);
+            let kf = backend
+                .get(&name)
+                .await
+                .and_then(|b| KeyFile::from_bytes(&name, &b));
+            (id, kf)
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await)
+}
+
+/// Try every key file with `password`.
+pub(super) fn find_key(
+    rt: &tokio::runtime::Runtime,
+    backend: &dyn Backend,
+    password: &[u8],
+) -> Result<(KeyId, MasterKey)> {
+    let keys = rt.block_on(load_all(backend))?;
+    let n = keys.len();
+    for (id, kf) in keys {
+        match kf {
+            Ok(kf) => {
+                if let Some(m) = kf.open(password)? {
+                    return Ok((id, m));
+                }
+            }
+            Err(e) => tracing::warn!("skipping unreadable key file: {e}"),
+        }
+    }
+    Err(Error::WrongPassword {
+        repo: backend.location().to_string(),
+        keys: n,
+    })
+}
+
+impl Repository {
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+        let mut out = Vec::new();
+        for (id, kf) in self.block_on(load_all(self.backend().as_ref()))? {
+            let kf = kf?;
+            out.push(KeyInfo {
+                id,
+                created: kf.created,
+                host: kf.host,
+                user: kf.user,
+                current: id == self.key_id(),
+            });
+        }
+        out.sort_by_key(|k| (k.created, k.id));
+        Ok(out)
+    }
+
+    /// Add a key file for another password.
+    pub fn add_key(&self, password: &[u8], kdf: KdfParams) -> Result<KeyId> {
+        let kf = KeyFile::create(self.key(), password, kdf)?;
+        let id = KeyId(crate::id::Id::random());
+        self.block_on(
+            self.backend()
+                .create(&names::key(&id), Bytes::from(kf.to_bytes())),
+        )?;
+        Ok(id)
+    }
+
+    /// Remove a key file. Refuses the key in use (use `key passwd`) and the last key.
+    pub fn remove_key(&self, id: &KeyId) -> Result<()> {
+        if *id == self.key_id() {
+            return Err(Error::Config(format!(
+                "key {id} is the one opening the repository now; use `cairn key passwd` or open with another password"
+            )));
+        }
+        let keys = self.list_keys()?;
+        if !keys.iter().any(|k| k.id == *id) {
+            return Err(Error::NotFound {
+                what: format!("key {id}"),
+            });
+        }
+        self.block_on(self.backend().delete(&names::key(id)))
+    }
+
+    /// Replace the current password: the new key file is written before the old one is
+    /// removed, so an interruption never leaves the repository without a key.
+    pub fn change_password(&mut self, new_password: &[u8], kdf: KdfParams) -> Result<KeyId> {
+        let old = self.key_id();
+        let new = self.add_key(new_password, kdf)?;
+        self.key_id = new;
+        self.block_on(self.backend().delete(&names::key(&old)))?;
+        Ok(new)
+    }
+}

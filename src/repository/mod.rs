@@ -1,0 +1,420 @@
+//! A repository: a backend plus the master key and config, and (once the index is
+//! loaded) the blob store.
+//!
+//! Typestate: [`Repository`] is open (key and config read); [`IndexedRepository`] also
+//! has the index cache in step with `index/` and is what reads and writes blobs.
+
+mod index;
+mod keys;
+mod writer;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::backend::Backend;
+use crate::crypto::MasterKey;
+use crate::crypto::kdf::KdfParams;
+use crate::error::{Error, Result};
+use crate::format::{
+    self, BlobType, CONFIG_MAGIC, ChunkerParams, Config, IndexFile, KeyFile, Snapshot, Tree, aad,
+    names,
+};
+use crate::id::{BlobId, IndexId, KeyId, SnapshotId};
+
+pub use index::{BlobLocation, IndexCache, SyncStats};
+pub use keys::KeyInfo;
+pub use writer::{BlobWriter, WriteStats};
+
+/// Settings of this process (not of the repository).
+#[derive(Debug, Clone)]
+pub struct RepoOptions {
+    /// Root of the local cache; `None` for `$XDG_CACHE_HOME/cairn`.
+    pub cache_dir: Option<PathBuf>,
+    /// Concurrent requests to the store.
+    pub connections: usize,
+}
+
+impl Default for RepoOptions {
+    fn default() -> Self {
+        RepoOptions {
+            cache_dir: None,
+            connections: 4,
+        }
+    }
+}
+
+/// Settings fixed at `init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub chunker: ChunkerParams,
+    pub pack_size: u32,
+    pub compression: i32,
+    pub kdf: KdfParams,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunker: ChunkerParams::default(),
+            pack_size: 16 << 20,
+            compression: 3,
+            kdf: KdfParams::new_random(),
+        }
+    }
+}
+
+/// An open repository.
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    rt: Arc<tokio::runtime::Runtime>,
+    key: Arc<MasterKey>,
+    key_id: KeyId,
+    config: Config,
+    opts: RepoOptions,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Repository({})", self.backend.location())
+    }
+}
+
+fn runtime() -> Result<Arc<tokio::runtime::Runtime>> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("cairn-io")
+        .enable_all()
+        .build()
+        .map(Arc::new)
+        .map_err(|e| Error::io("tokio runtime", e))
+}
+
+impl Repository {
+    /// Create a repository: a key file for `password`, then `config` (create-only, so two
+    /// racing inits cannot both succeed). Refuses, changing nothing, where a repository
+    /// already is.
+    pub fn init(
+        backend: Arc<dyn Backend>,
+        password: &[u8],
+        init: InitOptions,
+        opts: RepoOptions,
+    ) -> Result<Self> {
+        let rt = runtime()?;
+        let config = Config::new(init.chunker, init.pack_size, init.compression)?;
+        if rt.block_on(backend.head(names::CONFIG))?.is_some() {
+            return Err(Error::AlreadyExists {
+                what: format!("a repository at {}", backend.location()),
+            });
+        }
+        let key = MasterKey::random();
+        let kf = KeyFile::create(&key, password, init.kdf)?;
+        let key_id = KeyId(crate::id::Id::random());
+        rt.block_on(backend.create(&names::key(&key_id), Bytes::from(kf.to_bytes())))?;
+        let mut cfg_bytes = CONFIG_MAGIC.to_vec();
+        cfg_bytes.extend(format::seal_object(&key, aad::CONFIG, 3, &config));
+        if let Err(e) = rt.block_on(backend.create(names::CONFIG, Bytes::from(cfg_bytes))) {
+            // Lost a race with another init: leave its repository alone, remove our key.
+            let _ = rt.block_on(backend.delete(&names::key(&key_id)));
+            return Err(match e {
+                Error::AlreadyExists { .. } => Error::AlreadyExists {
+                    what: format!("a repository at {}", backend.location()),
+                },
+                e => e,
+            });
+        }
+        Ok(Repository {
+            backend,
+            rt,
+            key: Arc::new(key),
+            key_id,
+            config,
+            opts,
+        })
+    }
+
+    /// Open with a password: [`Error::NoRepository`] when there is no `config`,
+    /// [`Error::WrongPassword`] when no key file opens with it.
+    pub fn open(backend: Arc<dyn Backend>, password: &[u8], opts: RepoOptions) -> Result<Self> {
+        let rt = runtime()?;
+        let cfg = match rt.block_on(backend.get(names::CONFIG)) {
+            Ok(b) => b,
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::NoRepository {
+                    location: backend.location().to_string(),
+                    hint: "there is no `config` object; check --repo, or run `cairn init`".into(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        if cfg.len() < CONFIG_MAGIC.len() || cfg[..7] != CONFIG_MAGIC[..7] {
+            return Err(Error::NoRepository {
+                location: backend.location().to_string(),
+                hint: "`config` is not a cairn repository config".into(),
+            });
+        }
+        if cfg[7] != CONFIG_MAGIC[7] {
+            return Err(Error::format(
+                "config",
+                format!(
+                    "repository format {} is not supported by cairn {}; upgrade cairn",
+                    cfg[7],
+                    env!("CARGO_PKG_VERSION")
+                ),
+            ));
+        }
+        let (key_id, key) = keys::find_key(&rt, backend.as_ref(), password)?;
+        let config: Config =
+            format::open_object(&key, aad::CONFIG, "config", &cfg[CONFIG_MAGIC.len()..])?;
+        config.validate()?;
+        Ok(Repository {
+            backend,
+            rt,
+            key: Arc::new(key),
+            key_id,
+            config,
+            opts,
+        })
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    pub fn key(&self) -> &Arc<MasterKey> {
+        &self.key
+    }
+
+    /// The key file this process opened the repository with.
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn options(&self) -> &RepoOptions {
+        &self.opts
+    }
+
+    /// Run store I/O from synchronous code. Never call from inside a rayon task or the
+    /// runtime itself.
+    pub fn block_on<F: Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    pub fn runtime(&self) -> &Arc<tokio::runtime::Runtime> {
+        &self.rt
+    }
+
+    /// This repository's cache directory.
+    pub fn cache_dir(&self) -> PathBuf {
+        let root = self
+            .opts
+            .cache_dir
+            .clone()
+            .unwrap_or_else(default_cache_root);
+        root.join(self.config.id.to_hex())
+    }
+
+    /// Load every snapshot, sorted by time (oldest first). Unreadable snapshot objects
+    /// are reported and skipped so one damaged object does not hide all the others.
+    pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        use futures::StreamExt;
+        let list = self.block_on(self.backend.list(names::SNAPSHOTS))?;
+        let ids: Vec<SnapshotId> = list
+            .iter()
+            .filter_map(|o| o.name.rsplit('/').next()?.parse().ok())
+            .collect();
+        let results: Vec<_> = self.block_on(
+            futures::stream::iter(ids)
+                .map(|id| async move { (id, self.backend.get(&names::snapshot(&id)).await) })
+                .buffer_unordered(self.opts.connections.max(1) * 2)
+                .collect(),
+        );
+        let mut out = Vec::new();
+        for (id, bytes) in results {
+            match bytes.and_then(|b| self.open_snapshot(&id, &b)) {
+                Ok(s) => out.push((id, s)),
+                Err(Error::NotFound { .. }) => {} // removed since the listing
+                Err(e) => tracing::warn!("skipping snapshot {id}: {e}"),
+            }
+        }
+        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    fn open_snapshot(&self, id: &SnapshotId, bytes: &[u8]) -> Result<Snapshot> {
+        let name = names::snapshot(id);
+        if crate::id::Id::hash_of(bytes) != id.0 {
+            return Err(Error::integrity(&name, "content does not match its name"));
+        }
+        format::open_object(&self.key, aad::SNAPSHOT, &name, bytes)
+    }
+
+    pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        let bytes = self.block_on(self.backend.get(&names::snapshot(id)))?;
+        self.open_snapshot(id, &bytes)
+    }
+
+    /// Resolve `latest`, a full id or a unique prefix of at least 4 hex digits.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
+        if spec == "latest" {
+            return self.snapshots()?.pop().ok_or_else(|| Error::NotFound {
+                what: format!("any snapshot in {}", self.backend.location()),
+            });
+        }
+        if spec.len() == 64 {
+            let id: SnapshotId = spec.parse()?;
+            return Ok((id, self.load_snapshot(&id)?));
+        }
+        if spec.len() < 4 || !spec.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::Config(format!(
+                "'{spec}' is not a snapshot id: use `latest`, a full id or at least 4 hex digits"
+            )));
+        }
+        let spec_l = spec.to_ascii_lowercase();
+        let list = self.block_on(self.backend.list(names::SNAPSHOTS))?;
+        let matches: Vec<SnapshotId> = list
+            .iter()
+            .filter_map(|o| o.name.rsplit('/').next())
+            .filter(|n| n.starts_with(&spec_l))
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        match matches.as_slice() {
+            [id] => Ok((*id, self.load_snapshot(id)?)),
+            [] => Err(Error::NotFound {
+                what: format!("snapshot {spec}"),
+            }),
+            _ => Err(Error::Config(format!(
+                "snapshot prefix '{spec}' is ambiguous ({} matches); give more digits",
+                matches.len()
+            ))),
+        }
+    }
+
+    /// Write a snapshot object (the last write of a backup).
+    pub fn save_snapshot(&self, snap: &Snapshot) -> Result<SnapshotId> {
+        let bytes = format::seal_object(&self.key, aad::SNAPSHOT, self.config.compression, snap);
+        let id = SnapshotId(crate::id::Id::hash_of(&bytes));
+        self.block_on(
+            self.backend
+                .create(&names::snapshot(&id), Bytes::from(bytes)),
+        )?;
+        Ok(id)
+    }
+
+    /// Write an index file; returns its id.
+    pub async fn save_index(&self, file: &IndexFile) -> Result<IndexId> {
+        save_index(
+            self.backend.as_ref(),
+            &self.key,
+            self.config.compression,
+            file,
+        )
+        .await
+    }
+
+    /// Sync the index cache and return the repository that can read and write blobs.
+    pub fn into_indexed(self) -> Result<IndexedRepository> {
+        let dir = self.cache_dir().join("index-v1");
+        let index = Arc::new(IndexCache::open(&dir)?);
+        let stats = self.block_on(index.sync(self.backend.as_ref(), &self.key))?;
+        Ok(IndexedRepository {
+            repo: self,
+            index,
+            sync: stats,
+        })
+    }
+}
+
+pub(crate) async fn save_index(
+    backend: &dyn Backend,
+    key: &MasterKey,
+    level: i32,
+    file: &IndexFile,
+) -> Result<IndexId> {
+    let bytes = format::seal_object(key, aad::INDEX, level, file);
+    let id = IndexId(crate::id::Id::hash_of(&bytes));
+    match backend.create(&names::index(&id), Bytes::from(bytes)).await {
+        Ok(()) | Err(Error::AlreadyExists { .. }) => Ok(id),
+        Err(e) => Err(e),
+    }
+}
+
+fn default_cache_root() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("cairn");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".cache").join("cairn");
+    }
+    std::env::temp_dir().join("cairn-cache")
+}
+
+/// A repository whose index is loaded: reads and writes blobs.
+pub struct IndexedRepository {
+    repo: Repository,
+    index: Arc<IndexCache>,
+    sync: SyncStats,
+}
+
+impl std::ops::Deref for IndexedRepository {
+    type Target = Repository;
+    fn deref(&self) -> &Repository {
+        &self.repo
+    }
+}
+
+impl IndexedRepository {
+    pub fn index(&self) -> &Arc<IndexCache> {
+        &self.index
+    }
+
+    /// What the index sync at open found (damaged index files, for example).
+    pub fn sync_stats(&self) -> &SyncStats {
+        &self.sync
+    }
+
+    /// Where a blob is, or [`Error::NotFound`] naming it.
+    pub fn locate(&self, ty: BlobType, id: &BlobId) -> Result<BlobLocation> {
+        self.index.get(ty, id)?.ok_or_else(|| Error::NotFound {
+            what: format!("{ty} blob {id} in the index"),
+        })
+    }
+
+    /// Fetch a blob's sealed bytes by range and open them (authenticated and checked
+    /// against its id: invariant 4).
+    pub async fn read_blob_async(&self, ty: BlobType, id: &BlobId) -> Result<Vec<u8>> {
+        let loc = self.locate(ty, id)?;
+        let name = names::pack(&loc.pack);
+        let sealed = self
+            .backend()
+            .get_range(&name, loc.offset..loc.offset + loc.length as u64)
+            .await?;
+        format::open_blob(self.key(), ty, id, &sealed, Some(loc.raw_length)).map_err(|e| match e {
+            Error::Integrity { object, reason } => Error::Integrity {
+                object: format!("{object} in {name}"),
+                reason,
+            },
+            e => e,
+        })
+    }
+
+    pub fn read_blob(&self, ty: BlobType, id: &BlobId) -> Result<Vec<u8>> {
+        self.block_on(self.read_blob_async(ty, id))
+    }
+
+    pub fn load_tree(&self, id: &BlobId) -> Result<Tree> {
+        let bytes = self.read_blob(BlobType::Tree, id)?;
+        Tree::decode(&format!("tree {id}"), &bytes)
+    }
+
+    /// A writer for new blobs (one per backup).
+    pub fn writer(&self) -> BlobWriter<'_> {
+        BlobWriter::new(self)
+    }
+}

@@ -1,0 +1,315 @@
+//! Writing blobs: deduplicate, seal, fill packs, upload them concurrently, then write the
+//! index files that name them.
+//!
+//! Order of writes (invariant 2): a pack is uploaded before any index file names it, and
+//! an index file is written before its blobs enter the local index cache. Until then a
+//! new blob lives only in this writer's `pending` set, so a crash can leave unreferenced
+//! packs (garbage for prune) but never an index entry or cache entry without its pack.
+//!
+//! Threads: `add` is called from rayon workers (CPU work: hash, compress, seal). Full
+//! packs go through a bounded channel to an upload task on tokio, which keeps at most
+//! `connections` uploads in flight. A full channel blocks the producers, so memory is
+//! bounded by `(2 + connections + 1) * pack size` whatever the input.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{IndexCache, IndexedRepository, save_index};
+use crate::backend::Backend;
+use crate::crypto::MasterKey;
+use crate::error::{Error, Result};
+use crate::format::blob::seal_blob_with_id;
+use crate::format::{BlobType, IndexFile, IndexPack, PackBlob, PackHeader, names};
+use crate::id::{BlobId, Id, PackId};
+
+/// Packs per index file: a crash loses at most this many packs' worth of upload to
+/// re-do (they stay as unreferenced garbage).
+const PACKS_PER_INDEX: usize = 8;
+
+/// What a writer added to the repository.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriteStats {
+    pub data_blobs: u64,
+    pub tree_blobs: u64,
+    /// Stored bytes of the new blobs (sealed, compressed).
+    pub bytes_added: u64,
+    pub packs: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    pending: Mutex<HashSet<(BlobType, BlobId)>>,
+    data_blobs: AtomicU64,
+    tree_blobs: AtomicU64,
+    bytes_added: AtomicU64,
+    packs: AtomicU64,
+}
+
+struct FinishedPack {
+    id: PackId,
+    bytes: Bytes,
+    blobs: Vec<PackBlob>,
+}
+
+#[derive(Default)]
+struct Packer {
+    buf: Vec<u8>,
+    blobs: Vec<PackBlob>,
+}
+
+impl Packer {
+    fn add(&mut self, ty: BlobType, id: BlobId, sealed: &[u8], raw_length: usize) {
+        self.blobs.push(PackBlob {
+            ty,
+            id,
+            offset: self.buf.len() as u64,
+            length: sealed.len() as u32,
+            raw_length: raw_length as u32,
+        });
+        self.buf.extend_from_slice(sealed);
+    }
+
+    fn take(&mut self, key: &MasterKey) -> FinishedPack {
+        let blobs = std::mem::take(&mut self.blobs);
+        let mut bytes = std::mem::take(&mut self.buf);
+        bytes.extend(PackHeader::new(blobs.clone()).seal_with_trailer(key));
+        FinishedPack {
+            id: PackId(Id::hash_of(&bytes)),
+            bytes: Bytes::from(bytes),
+            blobs,
+        }
+    }
+}
+
+/// Adds blobs to the repository. Create one per backup, call [`BlobWriter::finish`].
+pub struct BlobWriter<'r> {
+    repo: &'r IndexedRepository,
+    shared: Arc<Shared>,
+    packers: [Mutex<Packer>; 2],
+    tx: Option<mpsc::Sender<FinishedPack>>,
+    uploader: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+fn slot(ty: BlobType) -> usize {
+    match ty {
+        BlobType::Data => 0,
+        BlobType::Tree => 1,
+    }
+}
+
+impl<'r> BlobWriter<'r> {
+    pub(super) fn new(repo: &'r IndexedRepository) -> Self {
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = mpsc::channel(1);
+        let uploader = repo.runtime().spawn(upload_loop(
+            repo.backend().clone(),
+            repo.key().clone(),
+            repo.config().compression,
+            repo.index().clone(),
+            shared.clone(),
+            rx,
+            repo.options().connections.max(1),
+        ));
+        BlobWriter {
+            repo,
+            shared,
+            packers: Default::default(),
+            tx: Some(tx),
+            uploader: Some(uploader),
+        }
+    }
+
+    /// Is this blob already stored or about to be?
+    pub fn known(&self, ty: BlobType, id: &BlobId) -> Result<bool> {
+        Ok(self.repo.index().contains(ty, id)?
+            || self
+                .shared
+                .pending
+                .lock()
+                .expect("pending")
+                .contains(&(ty, *id)))
+    }
+
+    /// Store a blob unless it is known; returns its id and whether it was new. Blocks
+    /// while uploads are behind (backpressure). Call from synchronous code only.
+    pub fn add(&self, ty: BlobType, plaintext: &[u8]) -> Result<(BlobId, bool)> {
+        let key = self.repo.key();
+        let id = key.blob_id(plaintext);
+        if self.repo.index().contains(ty, &id)?
+            || !self
+                .shared
+                .pending
+                .lock()
+                .expect("pending")
+                .insert((ty, id))
+        {
+            return Ok((id, false));
+        }
+        let sealed = seal_blob_with_id(key, ty, &id, plaintext, self.repo.config().compression);
+        self.shared
+            .bytes_added
+            .fetch_add(sealed.len() as u64, Ordering::Relaxed);
+        match ty {
+            BlobType::Data => &self.shared.data_blobs,
+            BlobType::Tree => &self.shared.tree_blobs,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        let full = {
+            let mut p = self.packers[slot(ty)].lock().expect("packer");
+            p.add(ty, id, &sealed, plaintext.len());
+            (p.buf.len() >= self.repo.config().pack_size as usize).then(|| p.take(key))
+        };
+        if let Some(pack) = full {
+            self.send(pack)?;
+        }
+        Ok((id, true))
+    }
+
+    fn send(&self, pack: FinishedPack) -> Result<()> {
+        let tx = self.tx.as_ref().expect("writer not finished");
+        tx.blocking_send(pack).map_err(|_| Error::Backend {
+            location: self.repo.backend().location().to_string(),
+            message: "pack upload stopped (see the error that follows)".into(),
+        })
+    }
+
+    /// Counts so far.
+    pub fn stats(&self) -> WriteStats {
+        WriteStats {
+            data_blobs: self.shared.data_blobs.load(Ordering::Relaxed),
+            tree_blobs: self.shared.tree_blobs.load(Ordering::Relaxed),
+            bytes_added: self.shared.bytes_added.load(Ordering::Relaxed),
+            packs: self.shared.packs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Upload what is left, write the last index file, and wait for all of it. Also call
+    /// this after a failed backup: what was uploaded gets indexed, so a rerun reuses it.
+    pub fn finish(mut self) -> Result<WriteStats> {
+        let mut send_err = None;
+        for p in &self.packers {
+            let pack = {
+                let mut p = p.lock().expect("packer");
+                (!p.blobs.is_empty()).then(|| p.take(self.repo.key()))
+            };
+            if let Some(pack) = pack {
+                if let Err(e) = self.send(pack) {
+                    send_err = Some(e);
+                }
+            }
+        }
+        drop(self.tx.take());
+        let handle = self.uploader.take().expect("uploader");
+        let joined = self.repo.block_on(handle);
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => {
+                return Err(Error::Backend {
+                    location: self.repo.backend().location().to_string(),
+                    message: format!("upload task failed: {e}"),
+                });
+            }
+        }
+        if let Some(e) = send_err {
+            return Err(e);
+        }
+        Ok(self.stats())
+    }
+}
+
+impl Drop for BlobWriter<'_> {
+    fn drop(&mut self) {
+        // An unfinished writer (a panic or an early return) stops its uploads; what
+        // was not indexed stays unreferenced garbage, which is safe.
+        drop(self.tx.take());
+        if let Some(h) = self.uploader.take() {
+            h.abort();
+        }
+    }
+}
+
+async fn upload_loop(
+    backend: Arc<dyn Backend>,
+    key: Arc<MasterKey>,
+    level: i32,
+    index: Arc<IndexCache>,
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<FinishedPack>,
+    connections: usize,
+) -> Result<()> {
+    let incoming = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let mut uploads = incoming
+        .map(|pack| {
+            let backend = backend.clone();
+            async move {
+                let name = names::pack(&pack.id);
+                let size = pack.bytes.len() as u64;
+                match backend.create(&name, pack.bytes).await {
+                    // Same name means same bytes: the pack is already there.
+                    Ok(()) | Err(Error::AlreadyExists { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+                Ok(IndexPack {
+                    id: pack.id,
+                    size,
+                    blobs: pack.blobs,
+                })
+            }
+        })
+        .buffer_unordered(connections);
+    let mut batch = Vec::new();
+    let mut first_err = None;
+    while let Some(r) = uploads.next().await {
+        match r {
+            Ok(p) => {
+                shared.packs.fetch_add(1, Ordering::Relaxed);
+                batch.push(p);
+                if batch.len() >= PACKS_PER_INDEX {
+                    flush(&*backend, &key, level, &index, &shared, &mut batch).await?;
+                }
+            }
+            // Keep indexing the uploads that succeed, then report the first failure.
+            Err(e) => {
+                if first_err.is_none() {
+                    first_err = Some(e);
+                }
+                break;
+            }
+        }
+    }
+    drop(uploads);
+    flush(&*backend, &key, level, &index, &shared, &mut batch).await?;
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn flush(
+    backend: &dyn Backend,
+    key: &MasterKey,
+    level: i32,
+    index: &IndexCache,
+    shared: &Shared,
+    batch: &mut Vec<IndexPack>,
+) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let file = IndexFile::new(std::mem::take(batch));
+    let id = save_index(backend, key, level, &file).await?;
+    tokio::task::block_in_place(|| index.add_index_file(&id, &file))?;
+    let mut pending = shared.pending.lock().expect("pending");
+    for p in &file.packs {
+        for b in &p.blobs {
+            pending.remove(&(b.ty, b.id));
+        }
+    }
+    Ok(())
+}
