@@ -74,8 +74,14 @@ impl PackHeader {
         Ok(header)
     }
 
-    /// Parse a whole pack's bytes: header and blob area.
+    /// Parse a whole pack's bytes, after checking they hash to the pack's id.
     pub fn from_pack_bytes(key: &MasterKey, pack: &PackId, bytes: &[u8]) -> Result<Self> {
+        if crate::id::Id::hash_of(bytes) != pack.0 {
+            return Err(Error::integrity(
+                format!("pack {pack}"),
+                "content does not match its id (corrupt or truncated)",
+            ));
+        }
         let hlen = pack_header_len(pack, bytes.len() as u64, tail(bytes))?;
         let start = bytes.len() - PACK_TRAILER_LEN - hlen as usize;
         Self::open(

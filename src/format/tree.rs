@@ -91,7 +91,8 @@ pub struct Node {
     pub user: String,
     pub group: String,
     pub mtime: Timestamp,
-    pub atime: Timestamp,
+    /// Change time: change detection only (restore cannot set it). Access time is not
+    /// recorded: it changes on every read and would give unchanged trees new ids.
     pub ctime: Timestamp,
     /// Logical size in bytes (files), 0 otherwise.
     pub size: u64,
@@ -204,7 +205,6 @@ pub(crate) mod tests {
                         secs,
                         nanos: nanos % 1_000_000_000,
                     },
-                    atime: Timestamp::default(),
                     ctime: Timestamp {
                         secs: secs / 2,
                         nanos: 0,

@@ -330,7 +330,8 @@ fn apply_metadata(path: &Path, node: &Node) -> std::result::Result<(), String> {
                 std::io::Error::last_os_error()
             ));
         }
-        let times = [timespec(node.atime), timespec(node.mtime)];
+        // No access time is stored: it is set to the modification time.
+        let times = [timespec(node.mtime), timespec(node.mtime)];
         if libc::utimensat(
             libc::AT_FDCWD,
             c.as_ptr(),

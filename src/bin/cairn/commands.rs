@@ -2,6 +2,7 @@
 //! library call.
 
 use std::io::{IsTerminal, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -277,27 +278,30 @@ fn ls(g: &Global, a: LsArgs) -> Result<u8> {
             .map_err(std::io::Error::other)
             .and_then(|_| writeln!(out))
         } else if a.long {
-            writeln!(
+            let user = if n.user.is_empty() {
+                n.uid.to_string()
+            } else {
+                n.user.clone()
+            };
+            let group = if n.group.is_empty() {
+                n.gid.to_string()
+            } else {
+                n.group.clone()
+            };
+            write!(
                 out,
-                "{}{:04o} {:>8} {:>8} {:>12} {}  {}",
+                "{}{:04o} {user:>8} {group:>8} {:>12} {}  ",
                 n.kind.letter(),
                 n.mode,
-                if n.user.is_empty() {
-                    n.uid.to_string()
-                } else {
-                    n.user.clone()
-                },
-                if n.group.is_empty() {
-                    n.gid.to_string()
-                } else {
-                    n.group.clone()
-                },
                 n.size,
                 local_time(n.mtime),
-                p.display()
             )
+            .and_then(|_| out.write_all(p.as_os_str().as_bytes()))
+            .and_then(|_| writeln!(out))
         } else {
-            writeln!(out, "{}", p.display())
+            // Names are bytes: print them as stored, not lossily.
+            out.write_all(p.as_os_str().as_bytes())
+                .and_then(|_| writeln!(out))
         };
         r.map_err(|e| cairn::Error::Io {
             path: "<stdout>".into(),

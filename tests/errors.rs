@@ -1,0 +1,240 @@
+//! Bad input gets a clear error and the right exit code, and nothing is lost.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::common::{Repo, data};
+
+fn repo_state(root: &Path) -> BTreeMap<String, blake3::Hash> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        } else {
+            out.insert(
+                p.display().to_string(),
+                blake3::hash(&std::fs::read(&p).unwrap()),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn wrong_password_exits_12_with_one_line() {
+    let repo = Repo::new();
+    let out = repo
+        .cmd()
+        .env("CAIRN_PASSWORD", "nope")
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(12));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("wrong password"), "{err}");
+}
+
+#[test]
+fn no_repository_exits_10() {
+    let repo = Repo::uninitialized();
+    let out = repo.cmd().arg("snapshots").output().unwrap();
+    assert_eq!(out.status.code(), Some(10));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no repository"));
+    // An existing but empty directory is no repository either.
+    std::fs::create_dir_all(&repo.path).unwrap();
+    let out = repo.cmd().arg("snapshots").output().unwrap();
+    assert_eq!(out.status.code(), Some(10));
+}
+
+#[test]
+fn init_on_existing_repository_refuses_and_changes_nothing() {
+    let repo = Repo::new();
+    let before = repo_state(&repo.path);
+    let out = repo
+        .cmd()
+        .args(["init", "--kdf-memory-kib", "1024"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    assert_eq!(repo_state(&repo.path), before);
+    // Also with another password.
+    let out = repo
+        .cmd()
+        .env("CAIRN_PASSWORD", "other")
+        .args(["init"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(repo_state(&repo.path), before);
+}
+
+#[test]
+fn missing_password_is_a_clear_error() {
+    let repo = Repo::new();
+    let out = repo
+        .cmd()
+        .env_remove("CAIRN_PASSWORD")
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--password-file"));
+}
+
+#[test]
+fn password_file_and_command_work() {
+    let repo = Repo::new();
+    let pw = repo.tmp.path().join("pw");
+    std::fs::write(&pw, format!("{}\n", crate::common::PASSWORD)).unwrap();
+    repo.cmd()
+        .env_remove("CAIRN_PASSWORD")
+        .arg("--password-file")
+        .arg(&pw)
+        .arg("snapshots")
+        .assert()
+        .success();
+    let cmd = format!("cat {}", pw.display());
+    repo.cmd()
+        .env_remove("CAIRN_PASSWORD")
+        .args(["--password-command", &cmd, "snapshots"])
+        .assert()
+        .success();
+    let out = repo
+        .cmd()
+        .env_remove("CAIRN_PASSWORD")
+        .args(["--password-command", "exit 4", "snapshots"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+/// Find the index entry of the data blob whose plaintext is `len` bytes long.
+fn blob_with_raw_length(repo: &Repo, len: u64) -> (String, u64, u64) {
+    for e in std::fs::read_dir(repo.path.join("index")).unwrap() {
+        let out = repo
+            .cmd()
+            .args(["cat", "index"])
+            .arg(e.unwrap().file_name())
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for p in v["packs"].as_array().unwrap() {
+            for b in p["blobs"].as_array().unwrap() {
+                if b["raw_length"] == len && b["ty"] == "Data" {
+                    return (
+                        p["id"].as_str().unwrap().to_string(),
+                        b["offset"].as_u64().unwrap(),
+                        b["length"].as_u64().unwrap(),
+                    );
+                }
+            }
+        }
+    }
+    panic!("no blob of {len} bytes");
+}
+
+#[test]
+fn flipped_byte_in_a_pack_names_pack_and_file_and_restores_the_rest() {
+    let repo = Repo::new();
+    let src = repo.tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("victim"), data(100_001, 1)).unwrap();
+    std::fs::write(src.join("bystander"), data(100_002, 2)).unwrap();
+    repo.backup_json(&[src.as_os_str()]);
+
+    let (pack, offset, length) = blob_with_raw_length(&repo, 100_001);
+    let pack_path = repo.path.join("data").join(&pack[..2]).join(&pack);
+    let mut bytes = std::fs::read(&pack_path).unwrap();
+    bytes[(offset + length / 2) as usize] ^= 0x40;
+    // Write-once objects are read-only on disk; corruption ignores that.
+    std::fs::remove_file(&pack_path).unwrap();
+    std::fs::write(&pack_path, &bytes).unwrap();
+
+    let target = repo.tmp.path().join("out");
+    let out = repo
+        .cmd()
+        .args(["restore", "latest", "--target"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&pack), "pack not named: {err}");
+    assert!(err.contains("victim"), "file not named: {err}");
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    assert_eq!(
+        std::fs::read(restored.join("bystander")).unwrap(),
+        data(100_002, 2)
+    );
+}
+
+#[test]
+fn truncated_pack_is_named() {
+    let repo = Repo::new();
+    let src = repo.tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), data(500_000, 3)).unwrap();
+    repo.backup_json(&[src.as_os_str()]);
+    for p in repo.packs() {
+        let len = std::fs::metadata(&p).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_len(len / 3).unwrap();
+    }
+    let out = repo
+        .cmd()
+        .args(["restore", "latest", "--target"])
+        .arg(repo.tmp.path().join("o"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("data/"), "no pack named: {err}");
+}
+
+#[test]
+fn missing_pack_is_named() {
+    let repo = Repo::new();
+    let src = repo.tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), data(500_000, 4)).unwrap();
+    repo.backup_json(&[src.as_os_str()]);
+    for p in repo.packs() {
+        std::fs::remove_file(p).unwrap();
+    }
+    let out = repo.cmd().args(["ls", "latest"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not found") && err.contains("data/"), "{err}");
+}
+
+#[test]
+fn bad_arguments_are_rejected_before_work() {
+    let repo = Repo::uninitialized();
+    let out = repo
+        .cmd()
+        .args([
+            "init",
+            "--chunk-min",
+            "1",
+            "--chunk-avg",
+            "2",
+            "--chunk-max",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("out of range"));
+    assert!(!repo.path.exists(), "nothing is created for a bad init");
+    let out = repo
+        .cmd()
+        .args(["restore", "zz", "--target", "/tmp/x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real `cairn` binary (assert_cmd) and the library, on real
+//! repositories in temporary directories.
+
+mod common;
+
+mod decoders;
+mod errors;
+mod keys;
+mod roundtrip;
