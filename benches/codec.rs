@@ -62,16 +62,26 @@ fn stages(c: &mut Criterion) {
     g.bench_function("chunk/fastcdc-seeded", |b| {
         b.iter(|| black_box(chunker::chunk_slice(&params, key.chunker_seed(), &rnd)))
     });
-    g.bench_function("hash/blake3-keyed (cairn blob id)", |b| b.iter(|| black_box(key.blob_id(&rnd))));
-    g.bench_function("hash/blake3 raw", |b| b.iter(|| black_box(blake3::hash(&rnd))));
+    g.bench_function("hash/blake3-keyed (cairn blob id)", |b| {
+        b.iter(|| black_box(key.blob_id(&rnd)))
+    });
+    g.bench_function("hash/blake3 raw", |b| {
+        b.iter(|| black_box(blake3::hash(&rnd)))
+    });
 
     g.throughput(Throughput::Bytes(chunk.len() as u64));
-    g.bench_function("compress/cairn text 1MiB", |b| b.iter(|| black_box(format::compress(3, text_chunk))));
+    g.bench_function("compress/cairn text 1MiB", |b| {
+        b.iter(|| black_box(format::compress(3, text_chunk)))
+    });
     g.bench_function("compress/zstd-3 raw text 1MiB", |b| {
         b.iter(|| black_box(zstd::bulk::compress(text_chunk, 3).unwrap()))
     });
-    g.bench_function("compress/cairn random 1MiB", |b| b.iter(|| black_box(format::compress(3, chunk))));
-    g.bench_function("seal/cairn 1MiB", |b| b.iter(|| black_box(key.seal(b"ad", chunk))));
+    g.bench_function("compress/cairn random 1MiB", |b| {
+        b.iter(|| black_box(format::compress(3, chunk)))
+    });
+    g.bench_function("seal/cairn 1MiB", |b| {
+        b.iter(|| black_box(key.seal(b"ad", chunk)))
+    });
     g.bench_function("seal/aes-256-gcm raw 1MiB", |b| {
         let cipher = aes_gcm::Aes256Gcm::new(&[7u8; 32].into());
         let mut buf = chunk.to_vec();

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod cache;
 mod decoders;
 mod errors;
 mod keys;
