@@ -55,6 +55,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The input of a backup failed as a whole (a producer command exited non-zero).
+    #[error("{0}")]
+    Source(String),
+
     /// A lock held by another process prevents the operation.
     #[error("repository is locked: {0}")]
     Locked(String),

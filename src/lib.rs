@@ -19,7 +19,7 @@
 //!     &ops::backup::BackupOptions::default(),
 //!     &progress,
 //! )?;
-//! println!("snapshot {}", done.id);
+//! println!("snapshot {:?}", done.id);
 //! # Ok::<(), cairn::Error>(())
 //! ```
 

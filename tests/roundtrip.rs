@@ -77,7 +77,7 @@ fn stdin_round_trip_of_200_mib() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = crate::common::last_json_line(&out.stdout);
     assert_eq!(summary["summary"]["bytes_read"], 200u64 << 20);
 
     let ls = repo.cmd().args(["ls", "latest"]).output().unwrap();

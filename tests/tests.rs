@@ -3,6 +3,7 @@
 
 mod common;
 
+mod backup;
 mod cache;
 mod decoders;
 mod errors;

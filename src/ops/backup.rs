@@ -22,6 +22,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::Problem;
+use super::select::{SelectOptions, Selector};
 use crate::chunker;
 use crate::error::{Error, Result};
 use crate::format::{BlobType, Node, NodeKind, Snapshot, StreamInfo, Timestamp, Tree, Xattr};
@@ -43,6 +44,9 @@ pub enum Source {
         /// Producer details recorded in the snapshot.
         info: StreamInfo,
     },
+    /// The standard output of a command, stored as the file `name`. A command that
+    /// exits non-zero (or is killed) fails the backup: no snapshot is written.
+    Command { name: String, argv: Vec<String> },
 }
 
 /// Options of a backup.
@@ -51,35 +55,56 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     /// Overrides the host name recorded.
     pub host: Option<String>,
+    /// Overrides the snapshot time.
+    pub time: Option<Timestamp>,
+    /// Use this snapshot for change detection instead of the latest with the same host
+    /// and paths.
+    pub parent: Option<SnapshotId>,
+    /// Read every file, trusting no parent snapshot.
+    pub force: bool,
+    /// Read and chunk everything, write nothing.
+    pub dry_run: bool,
+    pub select: SelectOptions,
 }
 
 /// Live counters, readable from another thread for progress display.
 #[derive(Debug, Default)]
 pub struct Progress {
+    /// Files read (new or changed).
     pub files: AtomicU64,
+    pub files_changed: AtomicU64,
+    pub files_unmodified: AtomicU64,
     pub dirs: AtomicU64,
     pub bytes_read: AtomicU64,
+    /// Bytes read plus the sizes of unmodified files: how far through the input.
+    pub bytes_done: AtomicU64,
+    /// Total bytes expected (the parent snapshot's size), 0 when unknown.
+    pub bytes_expected: AtomicU64,
 }
 
 /// The outcome of a backup.
 #[derive(Debug)]
 pub struct BackupResult {
-    pub id: SnapshotId,
+    /// `None` for a dry run.
+    pub id: Option<SnapshotId>,
     pub snapshot: Snapshot,
     pub problems: Vec<Problem>,
 }
 
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     w: &'a BlobWriter<'a>,
     repo: &'a IndexedRepository,
     names: NameCache,
     problems: Mutex<Vec<Problem>>,
     progress: &'a Progress,
     total_bytes: AtomicU64,
+    select: Selector,
+    /// Compare against the parent's trees (off with `force` or without a parent).
+    use_parent: bool,
 }
 
 impl Ctx<'_> {
-    fn problem(&self, path: &Path, message: impl Into<String>) {
+    pub(super) fn problem(&self, path: &Path, message: impl Into<String>) {
         let p = Problem {
             path: path.to_path_buf(),
             message: message.into(),
@@ -97,7 +122,22 @@ pub fn backup(
     progress: &Progress,
 ) -> Result<BackupResult> {
     let started = Instant::now();
-    let writer = repo.writer();
+    let select = Selector::new(&opts.select)?;
+    let host = opts.host.clone().unwrap_or_else(crate::util::hostname);
+    let parent = match (&source, opts.force) {
+        (Source::Paths(paths), false) => find_parent(repo, opts.parent, &host, paths)?,
+        _ => None,
+    };
+    if let Some((_, p)) = &parent {
+        progress
+            .bytes_expected
+            .store(p.summary.total_bytes, Ordering::Relaxed);
+    }
+    let writer = if opts.dry_run {
+        repo.dry_run_writer()
+    } else {
+        repo.writer()
+    };
     let ctx = Ctx {
         w: &writer,
         repo,
@@ -105,12 +145,18 @@ pub fn backup(
         problems: Mutex::new(Vec::new()),
         progress,
         total_bytes: AtomicU64::new(0),
+        select,
+        use_parent: parent.is_some(),
     };
+    let parent_tree = parent.as_ref().map(|(_, p)| p.tree);
     let pool = super::cpu_pool()?;
     let walked = pool.install(|| match source {
-        Source::Paths(paths) => backup_paths(&ctx, &paths).map(|(t, p)| (t, p, None)),
+        Source::Paths(paths) => backup_paths(&ctx, &paths, parent_tree).map(|(t, p)| (t, p, None)),
         Source::Stream { name, reader, info } => {
             backup_stream(&ctx, &name, reader, info).map(|(t, p, i)| (t, p, Some(i)))
+        }
+        Source::Command { name, argv } => {
+            super::command::backup_command(&ctx, &name, &argv).map(|(t, p, i)| (t, p, Some(i)))
         }
     });
     let problems = ctx.problems.into_inner().expect("problems");
@@ -121,15 +167,19 @@ pub fn backup(
     let stats = finished?;
 
     let mut snap = Snapshot::new(tree, paths);
-    if let Some(h) = &opts.host {
-        snap.host = h.clone();
+    snap.host = host;
+    if let Some(t) = opts.time {
+        snap.time = t;
     }
+    snap.parent = parent.map(|(id, _)| id);
     snap.tags = opts.tags.clone();
     snap.complete = problems.is_empty();
     snap.problems = problems.iter().map(|p| p.to_string()).collect();
     snap.stream = stream;
     let s = &mut snap.summary;
-    s.files_new = progress.files.load(Ordering::Relaxed);
+    s.files_changed = progress.files_changed.load(Ordering::Relaxed);
+    s.files_new = progress.files.load(Ordering::Relaxed) - s.files_changed;
+    s.files_unmodified = progress.files_unmodified.load(Ordering::Relaxed);
     s.dirs = progress.dirs.load(Ordering::Relaxed);
     s.bytes_read = progress.bytes_read.load(Ordering::Relaxed);
     s.total_bytes = total_bytes;
@@ -138,12 +188,40 @@ pub fn backup(
     s.bytes_added = stats.bytes_added;
     s.packs_added = stats.packs;
     s.duration_ms = started.elapsed().as_millis() as u64;
-    let id = repo.save_snapshot(&snap)?;
+    let id = if opts.dry_run {
+        None
+    } else {
+        Some(repo.save_snapshot(&snap)?)
+    };
     Ok(BackupResult {
         id,
         snapshot: snap,
         problems,
     })
+}
+
+/// The parent snapshot: the one asked for, or the latest complete-or-not snapshot of
+/// this host with the same source paths.
+fn find_parent(
+    repo: &IndexedRepository,
+    asked: Option<SnapshotId>,
+    host: &str,
+    paths: &[PathBuf],
+) -> Result<Option<(SnapshotId, Snapshot)>> {
+    if let Some(id) = asked {
+        return Ok(Some((id, repo.load_snapshot(&id)?)));
+    }
+    let mut want: Vec<String> = paths
+        .iter()
+        .map(|p| clean_absolute(p).map(|p| p.display().to_string()))
+        .collect::<Result<_>>()?;
+    want.sort();
+    want.dedup();
+    Ok(repo.snapshots()?.into_iter().rev().find(|(_, s)| {
+        let mut have = s.paths.clone();
+        have.sort();
+        s.host == host && have == want && s.stream.is_none()
+    }))
 }
 
 /// A directory of the virtual root: the path components leading to the sources.
@@ -174,7 +252,11 @@ fn clean_absolute(p: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-fn backup_paths(ctx: &Ctx, paths: &[PathBuf]) -> Result<(BlobId, Vec<String>)> {
+fn backup_paths(
+    ctx: &Ctx,
+    paths: &[PathBuf],
+    parent: Option<BlobId>,
+) -> Result<(BlobId, Vec<String>)> {
     if paths.is_empty() {
         return Err(Error::Config(
             "nothing to back up: give at least one path".into(),
@@ -198,7 +280,11 @@ fn backup_paths(ctx: &Ctx, paths: &[PathBuf]) -> Result<(BlobId, Vec<String>)> {
         let comps: Vec<&OsStr> = s.iter().skip(1).collect();
         if comps.is_empty() {
             // Backing up "/" itself: the root's entries become the snapshot's root.
-            let tree = backup_dir_contents(ctx, s)?;
+            let dev = std::fs::symlink_metadata(s)
+                .map_err(|e| Error::io(s, e))?
+                .dev();
+            let tree =
+                backup_dir_contents(ctx, s, parent_tree(ctx, parent.as_ref()).as_ref(), dev)?;
             return Ok((tree, vec!["/".into()]));
         }
         let mut dir = &mut root;
@@ -218,25 +304,56 @@ fn backup_paths(ctx: &Ctx, paths: &[PathBuf]) -> Result<(BlobId, Vec<String>)> {
             }
         }
     }
-    let tree = backup_vdir(ctx, &root, Path::new("/"))?;
+    let tree = backup_vdir(
+        ctx,
+        &root,
+        Path::new("/"),
+        parent_tree(ctx, parent.as_ref()).as_ref(),
+    )?;
     Ok((
         tree,
         sources.iter().map(|p| p.display().to_string()).collect(),
     ))
 }
 
-fn backup_vdir(ctx: &Ctx, dir: &VDir, real: &Path) -> Result<BlobId> {
+/// The parent's tree, when change detection is on; a tree that cannot be read only
+/// means its files are read again.
+fn parent_tree(ctx: &Ctx, id: Option<&BlobId>) -> Option<Tree> {
+    let id = id.filter(|_| ctx.use_parent)?;
+    match ctx.repo.load_tree(id) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!("parent tree {id} unreadable ({e}); reading its files again");
+            None
+        }
+    }
+}
+
+fn parent_subtree(parent: Option<&Node>) -> Option<&BlobId> {
+    match parent.map(|n| &n.kind) {
+        Some(NodeKind::Dir { subtree }) => Some(subtree),
+        _ => None,
+    }
+}
+
+fn backup_vdir(ctx: &Ctx, dir: &VDir, real: &Path, parent: Option<&Tree>) -> Result<BlobId> {
     let mut nodes = Vec::new();
     for (name, e) in &dir.children {
         let path = real.join(OsStr::from_bytes(name));
+        let pnode = parent.and_then(|t| t.get(name));
         match e {
             VEntry::Source(p) => {
-                if let Some(n) = backup_entry(ctx, p, name.clone())? {
+                let dev = match std::fs::symlink_metadata(p) {
+                    Ok(m) => m.dev(),
+                    Err(_) => 0,
+                };
+                if let Some(n) = backup_entry(ctx, p, name.clone(), pnode, dev)? {
                     nodes.push(n);
                 }
             }
             VEntry::Dir(sub) => {
-                let subtree = backup_vdir(ctx, sub, &path)?;
+                let ptree = parent_tree(ctx, parent_subtree(pnode));
+                let subtree = backup_vdir(ctx, sub, &path, ptree.as_ref())?;
                 let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
                 let mut n =
                     node_from_meta(ctx, &path, name.clone(), &meta, NodeKind::Dir { subtree });
@@ -253,9 +370,16 @@ fn store_tree(ctx: &Ctx, nodes: Vec<Node>) -> Result<BlobId> {
     ctx.w.add(BlobType::Tree, &tree.encode()).map(|(id, _)| id)
 }
 
-/// One directory entry; `Ok(None)` when it could not be read (a problem is recorded).
-/// `Err` only for repository failures, which stop the backup.
-fn backup_entry(ctx: &Ctx, path: &Path, name: Vec<u8>) -> Result<Option<Node>> {
+/// One directory entry; `Ok(None)` when it could not be read (a problem is recorded) or
+/// is excluded. `Err` only for repository failures, which stop the backup. `parent` is
+/// the same entry in the parent snapshot; `dev` the source's file system.
+fn backup_entry(
+    ctx: &Ctx,
+    path: &Path,
+    name: Vec<u8>,
+    parent: Option<&Node>,
+    dev: u64,
+) -> Result<Option<Node>> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) => {
@@ -265,7 +389,17 @@ fn backup_entry(ctx: &Ctx, path: &Path, name: Vec<u8>) -> Result<Option<Node>> {
     };
     let ft = meta.file_type();
     let kind = if ft.is_dir() {
-        match backup_dir_contents(ctx, path) {
+        if ctx.select.marked(path) {
+            return Ok(None);
+        }
+        let contents = if ctx.select.one_file_system && meta.dev() != dev {
+            // A mount point: keep the directory, not the other file system's contents.
+            store_tree(ctx, Vec::new())
+        } else {
+            let ptree = parent_tree(ctx, parent_subtree(parent));
+            backup_dir_contents(ctx, path, ptree.as_ref(), dev)
+        };
+        match contents {
             Ok(subtree) => {
                 ctx.progress.dirs.fetch_add(1, Ordering::Relaxed);
                 NodeKind::Dir { subtree }
@@ -277,10 +411,24 @@ fn backup_entry(ctx: &Ctx, path: &Path, name: Vec<u8>) -> Result<Option<Node>> {
             Err(e) => return Err(e),
         }
     } else if ft.is_file() {
-        match backup_file(ctx, path, &meta) {
-            Ok(Some(content)) => NodeKind::File { content },
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(e),
+        if let Some(content) = unchanged_content(ctx, parent, &meta)? {
+            ctx.progress
+                .files_unmodified
+                .fetch_add(1, Ordering::Relaxed);
+            ctx.progress
+                .bytes_done
+                .fetch_add(meta.len(), Ordering::Relaxed);
+            ctx.total_bytes.fetch_add(meta.len(), Ordering::Relaxed);
+            NodeKind::File { content }
+        } else {
+            if matches!(parent.map(|p| &p.kind), Some(NodeKind::File { .. })) {
+                ctx.progress.files_changed.fetch_add(1, Ordering::Relaxed);
+            }
+            match backup_file(ctx, path, &meta) {
+                Ok(Some(content)) => NodeKind::File { content },
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(e),
+            }
         }
     } else if ft.is_symlink() {
         match std::fs::read_link(path) {
@@ -309,7 +457,33 @@ fn backup_entry(ctx: &Ctx, path: &Path, name: Vec<u8>) -> Result<Option<Node>> {
     Ok(Some(node))
 }
 
-fn backup_dir_contents(ctx: &Ctx, path: &Path) -> Result<BlobId> {
+/// The parent's blob list for a file whose size, mtime, ctime and inode are unchanged
+/// and whose blobs are all still indexed; `None` means "read it".
+fn unchanged_content(
+    ctx: &Ctx,
+    parent: Option<&Node>,
+    meta: &std::fs::Metadata,
+) -> Result<Option<Vec<BlobId>>> {
+    let Some(p) = parent else { return Ok(None) };
+    let NodeKind::File { content } = &p.kind else {
+        return Ok(None);
+    };
+    let same = p.size == meta.len()
+        && p.mtime == ts(meta.mtime(), meta.mtime_nsec())
+        && p.ctime == ts(meta.ctime(), meta.ctime_nsec())
+        && p.inode == meta.ino();
+    if !same {
+        return Ok(None);
+    }
+    for id in content {
+        if !ctx.w.known(BlobType::Data, id)? {
+            return Ok(None);
+        }
+    }
+    Ok(Some(content.clone()))
+}
+
+fn backup_dir_contents(ctx: &Ctx, path: &Path, parent: Option<&Tree>, dev: u64) -> Result<BlobId> {
     let rd = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?;
     let mut names = Vec::new();
     for e in rd {
@@ -321,7 +495,14 @@ fn backup_dir_contents(ctx: &Ctx, path: &Path) -> Result<BlobId> {
     names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     let nodes: Vec<Option<Node>> = names
         .par_iter()
-        .map(|n| backup_entry(ctx, &path.join(n), n.as_bytes().to_vec()))
+        .map(|n| {
+            let child = path.join(n);
+            if ctx.select.excluded(&child) {
+                return Ok(None);
+            }
+            let pnode = parent.and_then(|t| t.get(n.as_bytes()));
+            backup_entry(ctx, &child, n.as_bytes().to_vec(), pnode, dev)
+        })
         .collect::<Result<_>>()?;
     store_tree(ctx, nodes.into_iter().flatten().collect())
 }
@@ -363,7 +544,7 @@ fn backup_file(ctx: &Ctx, path: &Path, meta: &std::fs::Metadata) -> Result<Optio
 
 /// Chunk and store a stream; returns the blob list and the byte count. Small inputs are
 /// read whole; large ones are streamed in batches of chunks sealed in parallel.
-fn store_stream<R: Read + Send>(
+pub(super) fn store_stream<R: Read + Send>(
     ctx: &Ctx,
     mut reader: R,
     size_hint: u64,
@@ -480,7 +661,7 @@ fn read_xattrs(path: &Path) -> Vec<Xattr> {
 }
 
 /// Back up a stream as one file under `name`, with synthetic parent directories.
-fn backup_stream(
+pub(super) fn backup_stream(
     ctx: &Ctx,
     name: &str,
     reader: Box<dyn Read + Send>,

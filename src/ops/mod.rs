@@ -1,7 +1,9 @@
 //! Operations over an open repository: the library calls the commands make.
 
 pub mod backup;
+mod command;
 pub mod restore;
+pub mod select;
 pub mod walk;
 
 use std::path::PathBuf;

@@ -415,6 +415,11 @@ impl IndexedRepository {
 
     /// A writer for new blobs (one per backup).
     pub fn writer(&self) -> BlobWriter<'_> {
-        BlobWriter::new(self)
+        BlobWriter::new(self, false)
+    }
+
+    /// A writer that counts what would be stored and stores nothing (`--dry-run`).
+    pub fn dry_run_writer(&self) -> BlobWriter<'_> {
+        BlobWriter::new(self, true)
     }
 }

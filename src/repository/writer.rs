@@ -93,6 +93,8 @@ pub struct BlobWriter<'r> {
     packers: [Mutex<Packer>; 2],
     tx: Option<mpsc::Sender<FinishedPack>>,
     uploader: Option<tokio::task::JoinHandle<Result<()>>>,
+    /// Count what would be stored, store nothing.
+    dry_run: bool,
 }
 
 fn slot(ty: BlobType) -> usize {
@@ -103,7 +105,7 @@ fn slot(ty: BlobType) -> usize {
 }
 
 impl<'r> BlobWriter<'r> {
-    pub(super) fn new(repo: &'r IndexedRepository) -> Self {
+    pub(super) fn new(repo: &'r IndexedRepository, dry_run: bool) -> Self {
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::channel(1);
         let uploader = repo.runtime().spawn(upload_loop(
@@ -121,6 +123,7 @@ impl<'r> BlobWriter<'r> {
             packers: Default::default(),
             tx: Some(tx),
             uploader: Some(uploader),
+            dry_run,
         }
     }
 
@@ -150,15 +153,24 @@ impl<'r> BlobWriter<'r> {
         {
             return Ok((id, false));
         }
-        let sealed = seal_blob_with_id(key, ty, &id, plaintext, self.repo.config().compression);
-        self.shared
-            .bytes_added
-            .fetch_add(sealed.len() as u64, Ordering::Relaxed);
         match ty {
             BlobType::Data => &self.shared.data_blobs,
             BlobType::Tree => &self.shared.tree_blobs,
         }
         .fetch_add(1, Ordering::Relaxed);
+        let level = self.repo.config().compression;
+        if self.dry_run {
+            let stored =
+                crate::format::compress(level, plaintext).len() + crate::crypto::SEAL_OVERHEAD;
+            self.shared
+                .bytes_added
+                .fetch_add(stored as u64, Ordering::Relaxed);
+            return Ok((id, true));
+        }
+        let sealed = seal_blob_with_id(key, ty, &id, plaintext, level);
+        self.shared
+            .bytes_added
+            .fetch_add(sealed.len() as u64, Ordering::Relaxed);
         let full = {
             let mut p = self.packers[slot(ty)].lock().expect("packer");
             p.add(ty, id, &sealed, plaintext.len());

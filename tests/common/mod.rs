@@ -94,6 +94,16 @@ impl Repo {
     }
 }
 
+/// The last line of JSON-lines output (the summary).
+pub fn last_json_line(stdout: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .expect("no JSON output");
+    serde_json::from_str(line).unwrap()
+}
+
 /// SplitMix64 bytes: deterministic test data.
 pub fn data(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed;

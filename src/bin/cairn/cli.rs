@@ -53,7 +53,7 @@ pub enum Command {
     /// Create a repository.
     Init(InitArgs),
     /// Back up files and directories, or a stream from stdin.
-    Backup(BackupArgs),
+    Backup(Box<BackupArgs>),
     /// List snapshots.
     Snapshots,
     /// List files in a snapshot: SNAPSHOT[:/path].
@@ -95,17 +95,55 @@ pub struct BackupArgs {
     /// Files and directories to back up.
     pub paths: Vec<PathBuf>,
     /// Back up standard input as one file.
-    #[arg(long, conflicts_with = "paths")]
+    #[arg(long, conflicts_with_all = ["paths", "stdin_from_command"])]
     pub stdin: bool,
-    /// Path the stdin stream is stored under, e.g. harbor/registry.sql.
-    #[arg(long, default_value = "stdin", requires = "stdin")]
+    /// Run the command given after `--` and back up its standard output; a non-zero
+    /// exit fails the backup and writes no snapshot.
+    #[arg(long, conflicts_with = "paths")]
+    pub stdin_from_command: bool,
+    /// Path the stream is stored under, e.g. harbor/registry.sql.
+    #[arg(long, default_value = "stdin")]
     pub stdin_name: String,
+    /// The command for --stdin-from-command (after `--`).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+    /// Read more paths from this file, one per line.
+    #[arg(long)]
+    pub files_from: Vec<PathBuf>,
+    /// Exclude paths matching this glob (repeatable). `*.tmp` matches names anywhere,
+    /// `logs/*.tmp` path ends, `/var/cache` absolute paths.
+    #[arg(short = 'e', long = "exclude")]
+    pub excludes: Vec<String>,
+    /// Like --exclude, ignoring case.
+    #[arg(long = "iexclude")]
+    pub iexcludes: Vec<String>,
+    /// Read exclude patterns from this file (one per line, # comments).
+    #[arg(long)]
+    pub exclude_file: Vec<PathBuf>,
+    /// Skip directories containing a file of this name (e.g. .nobackup, CACHEDIR.TAG).
+    #[arg(long)]
+    pub exclude_if_present: Vec<String>,
+    /// Stay on the file system of each source path.
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
     /// Tag the snapshot (repeatable).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
     /// Host name to record instead of this machine's.
     #[arg(long)]
     pub host: Option<String>,
+    /// Snapshot time instead of now ("2026-11-21 03:00:00" local time, or RFC 3339).
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Compare with this snapshot instead of the latest of this host and paths.
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// Read every file, ignoring the parent snapshot.
+    #[arg(long)]
+    pub force: bool,
+    /// Show what would be stored and how much; write nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ use cairn::format::{
 };
 use cairn::ops::backup::{self, BackupOptions, Progress, Source};
 use cairn::ops::restore::{self, RestoreOptions};
+use cairn::ops::select::{self, SelectOptions};
 use cairn::ops::walk;
 use cairn::repository::{IndexedRepository, InitOptions, RepoOptions, Repository};
 use cairn::util::human_bytes;
@@ -28,7 +29,7 @@ pub fn run(cli: Cli) -> Result<u8> {
     let g = &cli.global;
     match cli.command {
         Command::Init(a) => init(g, a),
-        Command::Backup(a) => backup_cmd(g, a),
+        Command::Backup(a) => backup_cmd(g, *a),
         Command::Snapshots => snapshots(g),
         Command::Ls(a) => ls(g, a),
         Command::Restore(a) => restore_cmd(g, a),
@@ -158,39 +159,127 @@ fn init(g: &Global, a: InitArgs) -> Result<u8> {
     Ok(exit::OK)
 }
 
-fn backup_cmd(g: &Global, a: BackupArgs) -> Result<u8> {
-    let source = if a.stdin {
-        Source::Stream {
+fn parse_time(s: &str) -> Result<format::Timestamp> {
+    use chrono::TimeZone;
+    let dt = if let Ok(d) = chrono::DateTime::parse_from_rfc3339(s) {
+        d.with_timezone(&chrono::Utc)
+    } else {
+        let naive = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
+            .or_else(|_| {
+                chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                    .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight"))
+            })
+            .map_err(|_| {
+                anyhow!("--time '{s}': use \"YYYY-MM-DD HH:MM:SS\" (local time) or RFC 3339")
+            })?;
+        chrono::Local
+            .from_local_datetime(&naive)
+            .earliest()
+            .ok_or_else(|| anyhow!("--time '{s}' does not exist in the local time zone"))?
+            .with_timezone(&chrono::Utc)
+    };
+    Ok(format::Timestamp {
+        secs: dt.timestamp(),
+        nanos: dt.timestamp_subsec_nanos(),
+    })
+}
+
+fn backup_options(g: &Global, a: &BackupArgs, repo: &IndexedRepository) -> Result<BackupOptions> {
+    let mut excludes = a.excludes.clone();
+    for f in &a.exclude_file {
+        excludes.extend(select::read_pattern_file(f)?);
+    }
+    let parent = match &a.parent {
+        Some(p) => Some(repo.find_snapshot(p)?.0),
+        None => None,
+    };
+    let _ = g;
+    Ok(BackupOptions {
+        tags: a.tags.clone(),
+        host: a.host.clone(),
+        time: a.time.as_deref().map(parse_time).transpose()?,
+        parent,
+        force: a.force,
+        dry_run: a.dry_run,
+        select: SelectOptions {
+            excludes,
+            iexcludes: a.iexcludes.clone(),
+            exclude_if_present: a.exclude_if_present.clone(),
+            one_file_system: a.one_file_system,
+        },
+    })
+}
+
+fn backup_source(a: &BackupArgs) -> Result<Source> {
+    if a.stdin_from_command {
+        if a.command.is_empty() {
+            bail!(
+                "--stdin-from-command needs the command after `--`, e.g. -- pg_dump -Fp registry"
+            );
+        }
+        return Ok(Source::Command {
+            name: a.stdin_name.clone(),
+            argv: a.command.clone(),
+        });
+    }
+    if !a.command.is_empty() {
+        bail!("arguments after `--` are only used with --stdin-from-command");
+    }
+    if a.stdin {
+        return Ok(Source::Stream {
             name: a.stdin_name.clone(),
             reader: Box::new(std::io::stdin()),
             info: Default::default(),
-        }
-    } else {
-        if a.paths.is_empty() {
-            bail!("nothing to back up: give paths, or --stdin");
-        }
-        Source::Paths(a.paths.clone())
-    };
+        });
+    }
+    let mut paths = a.paths.clone();
+    for f in &a.files_from {
+        let text =
+            std::fs::read(f).with_context(|| format!("reading --files-from {}", f.display()))?;
+        paths.extend(
+            text.split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty() && !l.starts_with(b"#"))
+                .map(|l| PathBuf::from(std::ffi::OsStr::from_bytes(l))),
+        );
+    }
+    if paths.is_empty() {
+        bail!("nothing to back up: give paths, --files-from, --stdin or --stdin-from-command");
+    }
+    Ok(Source::Paths(paths))
+}
+
+fn backup_cmd(g: &Global, a: BackupArgs) -> Result<u8> {
+    let source = backup_source(&a)?;
     let repo = open_indexed(g)?;
-    let opts = BackupOptions {
-        tags: a.tags,
-        host: a.host,
-    };
-    let progress = Progress::default();
-    let done = backup::backup(&repo, source, &opts, &progress)?;
+    let opts = backup_options(g, &a, &repo)?;
+    let progress = std::sync::Arc::new(Progress::default());
+    let reporter = crate::progress::Reporter::start(progress.clone(), g.json, g.quiet);
+    let done = backup::backup(&repo, source, &opts, &progress);
+    reporter.finish();
+    let done = done?;
     let s = &done.snapshot.summary;
+    let short = done
+        .id
+        .map(|i| i.short())
+        .unwrap_or_else(|| "(dry run)".into());
     if g.json {
-        print_json(&serde_json::json!({
+        let line = serde_json::json!({
+            "message_type": "summary",
             "snapshot_id": done.id,
+            "dry_run": opts.dry_run,
+            "parent": done.snapshot.parent,
             "complete": done.snapshot.complete,
             "problems": done.problems,
             "summary": s,
-        }))?;
+        });
+        println!("{line}");
     } else if !g.quiet {
+        let verb = if opts.dry_run { "would add" } else { "added" };
         println!(
-            "snapshot {} saved: {} files, {} dirs, {} read, {} added to the repository in {:.1}s",
-            done.id.short(),
+            "snapshot {short}: {} new, {} changed, {} unchanged files, {} dirs; {} read, {} {verb} to the repository in {:.1}s",
             s.files_new,
+            s.files_changed,
+            s.files_unmodified,
             s.dirs,
             human_bytes(s.bytes_read),
             human_bytes(s.bytes_added),
@@ -201,8 +290,7 @@ fn backup_cmd(g: &Global, a: BackupArgs) -> Result<u8> {
         Ok(exit::OK)
     } else {
         eprintln!(
-            "warning: snapshot {} is incomplete: {} input(s) could not be read (listed above)",
-            done.id.short(),
+            "warning: snapshot {short} is incomplete: {} input(s) could not be read (listed above)",
             done.problems.len()
         );
         Ok(exit::INCOMPLETE)

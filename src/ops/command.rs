@@ -1,0 +1,95 @@
+//! `--stdin-from-command`: back up a producer's standard output (`pg_dump`, `etcdctl
+//! snapshot save /dev/stdout`) and hold the snapshot to the producer's exit status.
+//!
+//! The producer's stderr passes through to ours and its last lines are kept for the
+//! snapshot. A producer that exits non-zero or is killed fails the backup with its
+//! status in the message, and no snapshot is written: a truncated dump must never be
+//! the `latest` one can restore. What was uploaded stays indexed, so a rerun reuses it.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+
+use super::backup::{Ctx, backup_stream};
+use crate::error::{Error, Result};
+use crate::format::StreamInfo;
+use crate::id::BlobId;
+
+/// Lines of the producer's stderr kept in the snapshot.
+const TAIL_LINES: usize = 20;
+
+pub(super) fn backup_command(
+    ctx: &Ctx,
+    name: &str,
+    argv: &[String],
+) -> Result<(BlobId, Vec<String>, StreamInfo)> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| Error::Config("--stdin-from-command needs a command after --".into()))?;
+    let shown = argv.join(" ");
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Source(format!("cannot run `{shown}`: {e}")))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let tail_thread = std::thread::spawn(move || {
+        let mut tail = VecDeque::with_capacity(TAIL_LINES);
+        let mut reader = std::io::BufReader::new(stderr);
+        let mut line = Vec::new();
+        while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+            let _ = std::io::stderr().write_all(&line);
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(String::from_utf8_lossy(&line).into_owned());
+            line.clear();
+        }
+        tail.into_iter().collect::<String>()
+    });
+    let info = StreamInfo {
+        command: argv.to_vec(),
+        ..Default::default()
+    };
+    let stored = backup_stream(ctx, name, Box::new(stdout), info);
+    if stored.is_err() {
+        // The repository failed: stop the producer rather than leave it blocked on a
+        // full pipe.
+        let _ = child.kill();
+    }
+    let status = child
+        .wait()
+        .map_err(|e| Error::Source(format!("waiting for `{shown}`: {e}")))?;
+    let stderr_tail = tail_thread.join().unwrap_or_default();
+    let (tree, paths, mut info) = stored?;
+    info.exit_code = status.code();
+    info.stderr_tail = stderr_tail;
+    if !status.success() {
+        let how = match (status.code(), status.signal()) {
+            (Some(c), _) => format!("exited with status {c}"),
+            (None, Some(s)) => format!("was killed by signal {s}"),
+            _ => "failed".to_string(),
+        };
+        let last = info
+            .stderr_tail
+            .lines()
+            .last()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        return Err(Error::Source(format!(
+            "`{shown}` {how} after {} bytes; no snapshot was written{}",
+            info.bytes,
+            if last.is_empty() {
+                String::new()
+            } else {
+                format!(" (its last error line: {last})")
+            }
+        )));
+    }
+    Ok((tree, paths, info))
+}
