@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Side-by-side comparison of cairn with restic, Borg, rustic and bupstash on the same
+# generated ops corpus, in one run, on this machine.
+#
+#   benches/compare/run.sh [--scale S] [--tools "cairn restic borg rustic bupstash"] [--out FILE]
+#
+# Steps per tool: first backup (day 1), days 2-5, an unchanged re-backup, a restore of
+# the last snapshot into tmpfs. Each step: wall time, CPU time, peak RSS (GNU time), and
+# the repository size after it. All tools encrypt and use zstd level 3 (restic: its
+# "auto" = zstd default level; Borg 1.2: zstd,3). Page cache is warm for every tool alike
+# (the corpus is read once before the first tool runs).
+#
+# Tools not installed are skipped with a note. Install: restic and borgbackup from
+# Debian; `cargo install rustic-rs`; `cargo install bupstash` (needs libsodium-dev).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+scale=1
+tools="cairn restic borg rustic bupstash"
+out=/dev/stdout
+while [ $# -gt 0 ]; do
+  case $1 in
+    --scale) scale=$2; shift 2 ;;
+    --tools) tools=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+cairn=${CAIRN_BIN:-$root/target/release/cairn}
+[ -x "$cairn" ] || (cd "$root" && cargo build --release --locked)
+
+work=${WORK:-$(mktemp -d /var/tmp/cairn-compare.XXXXXX)}
+mkdir -p "$work"
+trap 'rm -rf "$work" /dev/shm/cairn-compare-restore' EXIT
+corpus=$work/corpus
+results=$work/results.csv
+echo "tool,step,wall_s,cpu_s,peak_rss_mib,repo_bytes" > "$results"
+export PW=bench-password
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# --- per-tool commands -----------------------------------------------------------
+t_init() {
+  local t=$1 r=$work/repo-$t
+  case $t in
+    cairn) CAIRN_PASSWORD=$PW "$cairn" -q init --repo "$r" --cache-dir "$work/cache-$t" ;;
+    restic) RESTIC_PASSWORD=$PW restic -q init --repository-version 2 -r "$r" ;;
+    borg) BORG_PASSPHRASE=$PW BORG_BASE_DIR=$work/borgbase borg init -e repokey-blake2 "$r" ;;
+    rustic) RUSTIC_PASSWORD=$PW rustic -r "$r" --cache-dir "$work/cache-$t" init --set-compression 3 >/dev/null ;;
+    bupstash) bupstash init -r "$r" && bupstash new-key -o "$work/bupstash.key" ;;
+  esac
+}
+t_backup() {
+  local t=$1 tag=$2 r=$work/repo-$t
+  case $t in
+    cairn) CAIRN_PASSWORD=$PW "$cairn" -q backup --repo "$r" --cache-dir "$work/cache-$t" "$corpus" ;;
+    restic) RESTIC_PASSWORD=$PW RESTIC_CACHE_DIR=$work/cache-$t restic -q backup --compression auto -r "$r" "$corpus" ;;
+    borg) BORG_PASSPHRASE=$PW BORG_BASE_DIR=$work/borgbase borg create --compression zstd,3 "$r::$tag" "$corpus" ;;
+    rustic) RUSTIC_PASSWORD=$PW rustic -r "$r" --cache-dir "$work/cache-$t" backup "$corpus" >/dev/null 2>&1 ;;
+    bupstash) BUPSTASH_REPOSITORY=$r BUPSTASH_KEY=$work/bupstash.key bupstash put --compression zstd:3 name=$tag "$corpus" >/dev/null ;;
+  esac
+}
+t_restore() {
+  local t=$1 r=$work/repo-$t dest=$2
+  case $t in
+    cairn) CAIRN_PASSWORD=$PW "$cairn" -q restore --repo "$r" --cache-dir "$work/cache-$t" latest --target "$dest" ;;
+    restic) RESTIC_PASSWORD=$PW RESTIC_CACHE_DIR=$work/cache-$t restic -q restore -r "$r" latest --target "$dest" ;;
+    borg) (cd "$dest" && BORG_PASSPHRASE=$PW BORG_BASE_DIR=$work/borgbase borg extract "$r::$(BORG_PASSPHRASE=$PW BORG_BASE_DIR=$work/borgbase borg list --last 1 --short "$r")") ;;
+    rustic) RUSTIC_PASSWORD=$PW rustic -r "$r" --cache-dir "$work/cache-$t" restore latest "$dest" >/dev/null 2>&1 ;;
+    bupstash) BUPSTASH_REPOSITORY=$r BUPSTASH_KEY=$work/bupstash.key bupstash restore --into "$dest" name=day5b ;;
+  esac
+}
+
+measure() { # tool step command...
+  local t=$1 step=$2; shift 2
+  local tf=$work/time.txt
+  /usr/bin/time -o "$tf" -f "%e %U %S %M" "$@"
+  read -r wall user sys rss < "$tf"
+  local size
+  size=$(du -sb "$work/repo-$t" | cut -f1)
+  printf '%s,%s,%s,%.2f,%d,%s\n' "$t" "$step" "$wall" "$(echo "$user + $sys" | bc)" $((rss / 1024)) "$size" >> "$results"
+  printf '%-9s %-10s wall %6ss  cpu %6ss  rss %5d MiB  repo %s\n' "$t" "$step" "$wall" "$(echo "$user + $sys" | bc)" $((rss / 1024)) "$(numfmt --to=iec "$size")" >&2
+}
+
+active=()
+for t in $tools; do
+  case $t in
+    cairn) active+=(cairn) ;;
+    *) if have "$t"; then active+=("$t"); else echo "note: $t not installed, skipped" >&2; fi ;;
+  esac
+done
+export -f t_backup t_restore
+export cairn work corpus
+
+for t in "${active[@]}"; do t_init "$t" >/dev/null; done
+for day in 1 2 3 4 5; do
+  python3 "$here/gen_corpus.py" "$corpus" "$day" --scale "$scale"
+  cat $(find "$corpus" -type f) > /dev/null  # warm the page cache for every tool alike
+  [ "$day" = 1 ] && echo "corpus day 1: $(du -sh "$corpus" | cut -f1), $(find "$corpus" -type f | wc -l) files" >&2
+  for t in "${active[@]}"; do measure "$t" "day$day" bash -c "t_backup $t day$day"; done
+done
+for t in "${active[@]}"; do measure "$t" "unchanged" bash -c "t_backup $t day5b"; done
+for t in "${active[@]}"; do
+  dest=/dev/shm/cairn-compare-restore
+  rm -rf "$dest"; mkdir -p "$dest"
+  measure "$t" "restore" bash -c "t_restore $t $dest"
+  rm -rf "$dest"
+done
+
+{
+  echo "| tool | step | wall s | CPU s | peak RSS MiB | repository |"
+  echo "| --- | --- | ---: | ---: | ---: | ---: |"
+  tail -n +2 "$results" | while IFS=, read -r t step wall cpu rss size; do
+    echo "| $t | $step | $wall | $cpu | $rss | $(numfmt --to=iec "$size") |"
+  done
+} > "$out"
