@@ -577,33 +577,45 @@ pub(super) fn store_stream<R: Read + Send>(
     stream_chunks(ctx, reader)
 }
 
-fn stream_chunks<R: Read>(ctx: &Ctx, reader: R) -> Result<(Vec<BlobId>, u64)> {
+/// Chunk a stream and store the chunks. Reading and chunking the next batch overlaps
+/// with sealing the current one (`rayon::join`), so one large file keeps both cores busy;
+/// at most two batches are in memory.
+fn stream_chunks<R: Read + Send>(ctx: &Ctx, reader: R) -> Result<(Vec<BlobId>, u64)> {
     let params = ctx.repo.config().chunker;
     let seed = ctx.repo.key().chunker_seed();
-    let mut ids = Vec::new();
+    let mut chunks = chunker::chunk_stream(&params, seed, reader);
     let mut total = 0u64;
-    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
-    let flush = |batch: &mut Vec<Vec<u8>>, ids: &mut Vec<BlobId>| -> Result<()> {
-        let got: Vec<BlobId> = batch
+    type Chunks<'c> = dyn Iterator<Item = std::io::Result<Vec<u8>>> + Send + 'c;
+    let mut read_batch = |chunks: &mut Chunks| -> Result<Vec<Vec<u8>>> {
+        let mut batch = Vec::with_capacity(BATCH);
+        #[allow(clippy::while_let_on_iterator)] // `for` would need a sized iterator
+        while let Some(chunk) = chunks.next() {
+            let chunk = chunk.map_err(|e| Error::io("<input>", e))?;
+            let n = chunk.len() as u64;
+            total += n;
+            ctx.progress.bytes_read.fetch_add(n, Ordering::Relaxed);
+            ctx.progress.bytes_done.fetch_add(n, Ordering::Relaxed);
+            batch.push(chunk);
+            if batch.len() == BATCH {
+                break;
+            }
+        }
+        Ok(batch)
+    };
+    let store = |batch: &[Vec<u8>]| -> Result<Vec<BlobId>> {
+        batch
             .par_iter()
             .map(|c| ctx.w.add(BlobType::Data, c).map(|(id, _)| id))
-            .collect::<Result<_>>()?;
-        ids.extend(got);
-        batch.clear();
-        Ok(())
+            .collect()
     };
-    for chunk in chunker::chunk_stream(&params, seed, reader) {
-        let chunk = chunk.map_err(|e| Error::io("<input>", e))?;
-        total += chunk.len() as u64;
-        ctx.progress
-            .bytes_read
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        batch.push(chunk);
-        if batch.len() == BATCH {
-            flush(&mut batch, &mut ids)?;
-        }
+    let mut ids = Vec::new();
+    let mut next = read_batch(&mut chunks)?;
+    while !next.is_empty() {
+        let current = next;
+        let (stored, read) = rayon::join(|| store(&current), || read_batch(&mut chunks));
+        ids.extend(stored?);
+        next = read?;
     }
-    flush(&mut batch, &mut ids)?;
     Ok((ids, total))
 }
 
