@@ -27,9 +27,12 @@ fn touching_one_file_in_20k_reads_one_file() {
         "{unchanged}"
     );
     assert_eq!(unchanged["summary"]["bytes_read"], 0);
-    assert_eq!(
-        unchanged["summary"]["tree_blobs_added"], 0,
-        "unchanged trees keep their ids"
+    // Unchanged trees keep their ids; only the chain of ancestors above the source
+    // (`/`, `/tmp`, whose times other processes change) may get new trees.
+    let depth = src.components().count() as u64 - 1;
+    assert!(
+        unchanged["summary"]["tree_blobs_added"].as_u64().unwrap() <= depth,
+        "{unchanged}"
     );
     assert_eq!(unchanged["parent"], first["snapshot_id"]);
 

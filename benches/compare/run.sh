@@ -41,7 +41,8 @@ have() { command -v "$1" >/dev/null 2>&1; }
 
 # --- per-tool commands -----------------------------------------------------------
 t_init() {
-  local t=$1 r=$work/repo-$t
+  local t=$1
+  local r=$work/repo-$t
   case $t in
     cairn) CAIRN_PASSWORD=$PW "$cairn" -q init --repo "$r" --cache-dir "$work/cache-$t" ;;
     restic) RESTIC_PASSWORD=$PW restic -q init --repository-version 2 -r "$r" ;;
@@ -51,7 +52,8 @@ t_init() {
   esac
 }
 t_backup() {
-  local t=$1 tag=$2 r=$work/repo-$t
+  local t=$1 tag=$2
+  local r=$work/repo-$t
   case $t in
     cairn) CAIRN_PASSWORD=$PW "$cairn" -q backup --repo "$r" --cache-dir "$work/cache-$t" "$corpus" ;;
     restic) RESTIC_PASSWORD=$PW RESTIC_CACHE_DIR=$work/cache-$t restic -q backup --compression auto -r "$r" "$corpus" ;;
@@ -61,7 +63,8 @@ t_backup() {
   esac
 }
 t_restore() {
-  local t=$1 r=$work/repo-$t dest=$2
+  local t=$1 dest=$2
+  local r=$work/repo-$t
   case $t in
     cairn) CAIRN_PASSWORD=$PW "$cairn" -q restore --repo "$r" --cache-dir "$work/cache-$t" latest --target "$dest" ;;
     restic) RESTIC_PASSWORD=$PW RESTIC_CACHE_DIR=$work/cache-$t restic -q restore -r "$r" latest --target "$dest" ;;
@@ -92,10 +95,10 @@ done
 export -f t_backup t_restore
 export cairn work corpus
 
-for t in "${active[@]}"; do t_init "$t" >/dev/null; done
+for t in "${active[@]}"; do t_init "$t" >/dev/null 2>&1; done
 for day in 1 2 3 4 5; do
   python3 "$here/gen_corpus.py" "$corpus" "$day" --scale "$scale"
-  cat $(find "$corpus" -type f) > /dev/null  # warm the page cache for every tool alike
+  find "$corpus" -type f -exec cat {} + > /dev/null  # warm the page cache for every tool alike
   [ "$day" = 1 ] && echo "corpus day 1: $(du -sh "$corpus" | cut -f1), $(find "$corpus" -type f | wc -l) files" >&2
   for t in "${active[@]}"; do measure "$t" "day$day" bash -c "t_backup $t day$day"; done
 done

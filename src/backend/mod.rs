@@ -37,6 +37,21 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// [`Error::AlreadyExists`] when the name is taken; never overwrites (invariant 1).
     async fn create(&self, name: &str, data: Bytes) -> Result<()>;
 
+    /// Like [`Backend::create`], with the content read from a local file (a finished
+    /// pack). Implementations may link or stream the file instead of loading it.
+    async fn create_file(&self, name: &str, file: &std::path::Path) -> Result<()> {
+        let data = tokio::fs::read(file)
+            .await
+            .map_err(|e| Error::io(file, e))?;
+        self.create(name, Bytes::from(data)).await
+    }
+
+    /// A local directory on the same file system as the objects, where files for
+    /// [`Backend::create_file`] are best assembled (`None`: anywhere will do).
+    fn staging_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+
     /// The whole object; [`Error::NotFound`] when absent.
     async fn get(&self, name: &str) -> Result<Bytes>;
 

@@ -17,11 +17,17 @@ use crate::error::{Error, Result};
 pub struct ObjectStoreBackend {
     store: Arc<dyn ObjectStore>,
     location: String,
+    /// The directory, for a local repository: finished packs are hard-linked into place.
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl ObjectStoreBackend {
     pub fn new(store: Arc<dyn ObjectStore>, location: String) -> Self {
-        ObjectStoreBackend { store, location }
+        ObjectStoreBackend {
+            store,
+            location,
+            local_root: None,
+        }
     }
 
     /// A local directory, with fsync on every write: a backup reported as done survives a
@@ -35,7 +41,9 @@ impl ObjectStoreBackend {
             })?
             .with_fsync(true)
             .with_automatic_cleanup(true);
-        Ok(Self::new(Arc::new(store), abs.display().to_string()))
+        let mut b = Self::new(Arc::new(store), abs.display().to_string());
+        b.local_root = Some(abs);
+        Ok(b)
     }
 
     fn err(&self, name: &str, e: object_store::Error) -> Error {
@@ -70,6 +78,29 @@ impl Backend for ObjectStoreBackend {
             .await
             .map(|_| ())
             .map_err(|e| self.err(name, e))
+    }
+
+    async fn create_file(&self, name: &str, file: &std::path::Path) -> Result<()> {
+        let Some(root) = self.local_root.clone() else {
+            let data = tokio::fs::read(file)
+                .await
+                .map_err(|e| Error::io(file, e))?;
+            return self.create(name, Bytes::from(data)).await;
+        };
+        // LocalFileSystem is not used for this write: a hard link publishes the finished
+        // file without copying it.
+        let (owned, file) = (name.to_string(), file.to_path_buf());
+        let location = self.location.clone();
+        tokio::task::spawn_blocking(move || link_into_place(&root, &owned, &file, &location))
+            .await
+            .map_err(|e| Error::Backend {
+                location: self.location.clone(),
+                message: format!("{name}: {e}"),
+            })?
+    }
+
+    fn staging_dir(&self) -> Option<std::path::PathBuf> {
+        self.local_root.as_ref().map(|r| r.join("tmp"))
     }
 
     async fn get(&self, name: &str) -> Result<Bytes> {
@@ -132,4 +163,32 @@ impl Backend for ObjectStoreBackend {
             Err(e) => Err(self.err(name, e)),
         }
     }
+}
+
+/// Publish a finished local file as `root/name`, create-only and durable: fsync the file,
+/// hard-link it (which fails if the name exists), fsync the directory.
+fn link_into_place(
+    root: &std::path::Path,
+    name: &str,
+    file: &std::path::Path,
+    location: &str,
+) -> Result<()> {
+    let dest = root.join(name);
+    let dir = dest.parent().expect("object names have a folder");
+    std::fs::File::open(file)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(file, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    match std::fs::hard_link(file, &dest) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::AlreadyExists {
+                what: format!("{name} in {location}"),
+            });
+        }
+        Err(e) => return Err(Error::io(&dest, e)),
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
 }

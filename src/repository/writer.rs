@@ -6,16 +6,18 @@
 //! new blob lives only in this writer's `pending` set, so a crash can leave unreferenced
 //! packs (garbage for prune) but never an index entry or cache entry without its pack.
 //!
-//! Threads: `add` is called from rayon workers (CPU work: hash, compress, seal). Full
-//! packs go through a bounded channel to an upload task on tokio, which keeps at most
-//! `connections` uploads in flight. A full channel blocks the producers, so memory is
-//! bounded by `(2 + connections + 1) * pack size` whatever the input.
+//! Threads: `add` is called from rayon workers (CPU work: hash, compress, seal). Packs are
+//! assembled in temporary files (in the backend's staging directory, or the cache), and
+//! full packs go through a bounded channel to an upload task on tokio, which keeps at
+//! most `connections` uploads in flight. A full channel blocks the producers. No pack is
+//! held in memory, so the writer's memory does not depend on the pack size.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use std::io::Write;
+
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
@@ -52,37 +54,69 @@ struct Shared {
 
 struct FinishedPack {
     id: PackId,
-    bytes: Bytes,
+    /// The whole pack, in a temporary file (removed when dropped).
+    file: tempfile::TempPath,
+    size: u64,
     blobs: Vec<PackBlob>,
 }
 
+/// Fills one pack. Sealed blobs go straight to a temporary file, hashed as they are
+/// written, so a pack never sits in memory: memory does not grow with the pack size or
+/// with the number of uploads in flight.
 #[derive(Default)]
 struct Packer {
-    buf: Vec<u8>,
+    file: Option<(std::fs::File, tempfile::TempPath)>,
+    hasher: blake3::Hasher,
+    len: u64,
     blobs: Vec<PackBlob>,
 }
 
 impl Packer {
-    fn add(&mut self, ty: BlobType, id: BlobId, sealed: &[u8], raw_length: usize) {
+    fn add(
+        &mut self,
+        dir: &std::path::Path,
+        ty: BlobType,
+        id: BlobId,
+        sealed: &[u8],
+        raw_length: usize,
+    ) -> Result<()> {
+        if self.file.is_none() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            let f = tempfile::Builder::new()
+                .prefix("pack-")
+                .tempfile_in(dir)
+                .map_err(|e| Error::io(dir, e))?;
+            self.file = Some(f.into_parts());
+        }
+        let (f, path) = self.file.as_mut().expect("pack file open");
+        f.write_all(sealed).map_err(|e| Error::io(&**path, e))?;
+        self.hasher.update(sealed);
         self.blobs.push(PackBlob {
             ty,
             id,
-            offset: self.buf.len() as u64,
+            offset: self.len,
             length: sealed.len() as u32,
             raw_length: raw_length as u32,
         });
-        self.buf.extend_from_slice(sealed);
+        self.len += sealed.len() as u64;
+        Ok(())
     }
 
-    fn take(&mut self, key: &MasterKey) -> FinishedPack {
+    fn take(&mut self, key: &MasterKey) -> Result<FinishedPack> {
         let blobs = std::mem::take(&mut self.blobs);
-        let mut bytes = std::mem::take(&mut self.buf);
-        bytes.extend(PackHeader::new(blobs.clone()).seal_with_trailer(key));
-        FinishedPack {
-            id: PackId(Id::hash_of(&bytes)),
-            bytes: Bytes::from(bytes),
+        let (mut f, path) = self.file.take().expect("pack has blobs");
+        let tail = PackHeader::new(blobs.clone()).seal_with_trailer(key);
+        f.write_all(&tail).map_err(|e| Error::io(&*path, e))?;
+        self.hasher.update(&tail);
+        let id = PackId(Id(*self.hasher.finalize().as_bytes()));
+        self.hasher = blake3::Hasher::new();
+        let size = std::mem::take(&mut self.len) + tail.len() as u64;
+        Ok(FinishedPack {
+            id,
+            file: path,
+            size,
             blobs,
-        }
+        })
     }
 }
 
@@ -95,6 +129,8 @@ pub struct BlobWriter<'r> {
     uploader: Option<tokio::task::JoinHandle<Result<()>>>,
     /// Count what would be stored, store nothing.
     dry_run: bool,
+    /// Where packs are assembled before upload.
+    staging: std::path::PathBuf,
 }
 
 fn slot(ty: BlobType) -> usize {
@@ -124,6 +160,10 @@ impl<'r> BlobWriter<'r> {
             tx: Some(tx),
             uploader: Some(uploader),
             dry_run,
+            staging: repo
+                .backend()
+                .staging_dir()
+                .unwrap_or_else(|| repo.cache_dir().join("tmp")),
         }
     }
 
@@ -173,8 +213,12 @@ impl<'r> BlobWriter<'r> {
             .fetch_add(sealed.len() as u64, Ordering::Relaxed);
         let full = {
             let mut p = self.packers[slot(ty)].lock().expect("packer");
-            p.add(ty, id, &sealed, plaintext.len());
-            (p.buf.len() >= self.repo.config().pack_size as usize).then(|| p.take(key))
+            p.add(&self.staging, ty, id, &sealed, plaintext.len())?;
+            if p.len >= self.repo.config().pack_size as u64 {
+                Some(p.take(key)?)
+            } else {
+                None
+            }
         };
         if let Some(pack) = full {
             self.send(pack)?;
@@ -207,7 +251,17 @@ impl<'r> BlobWriter<'r> {
         for p in &self.packers {
             let pack = {
                 let mut p = p.lock().expect("packer");
-                (!p.blobs.is_empty()).then(|| p.take(self.repo.key()))
+                if p.blobs.is_empty() {
+                    None
+                } else {
+                    match p.take(self.repo.key()) {
+                        Ok(pack) => Some(pack),
+                        Err(e) => {
+                            send_err = Some(e);
+                            None
+                        }
+                    }
+                }
             };
             if let Some(pack) = pack {
                 if let Err(e) = self.send(pack) {
@@ -261,8 +315,8 @@ async fn upload_loop(
             let backend = backend.clone();
             async move {
                 let name = names::pack(&pack.id);
-                let size = pack.bytes.len() as u64;
-                match backend.create(&name, pack.bytes).await {
+                let size = pack.size;
+                match backend.create_file(&name, &pack.file).await {
                     // Same name means same bytes: the pack is already there.
                     Ok(()) | Err(Error::AlreadyExists { .. }) => {}
                     Err(e) => return Err(e),

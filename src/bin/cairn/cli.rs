@@ -86,7 +86,7 @@ pub struct InitArgs {
     #[arg(long, default_value_t = 3)]
     pub compression: i32,
     /// Argon2id memory in KiB for the new key (tests lower it).
-    #[arg(long, default_value_t = 64 * 1024, hide = true)]
+    #[arg(long, default_value_t = cairn::crypto::kdf::KdfParams::DEFAULT_MEMORY_KIB, hide = true)]
     pub kdf_memory_kib: u32,
 }
 
@@ -183,7 +183,7 @@ pub struct NewPassword {
     /// Read the new password from this file (else CAIRN_NEW_PASSWORD, else a prompt).
     #[arg(long)]
     pub new_password_file: Option<PathBuf>,
-    #[arg(long, default_value_t = 64 * 1024, hide = true)]
+    #[arg(long, default_value_t = cairn::crypto::kdf::KdfParams::DEFAULT_MEMORY_KIB, hide = true)]
     pub kdf_memory_kib: u32,
 }
 

@@ -141,7 +141,7 @@ fn init(g: &Global, a: InitArgs) -> Result<u8> {
             .checked_mul(1 << 20)
             .ok_or_else(|| anyhow!("--pack-size-mib {} is too large", a.pack_size_mib))?,
         compression: a.compression,
-        kdf: KdfParams::with_cost(a.kdf_memory_kib, 3, 1),
+        kdf: KdfParams::with_cost(a.kdf_memory_kib, KdfParams::DEFAULT_ITERATIONS, 1),
     };
     let store = backend::open(url, true)?;
     let pw = password(g, true)?;
@@ -486,7 +486,10 @@ fn key(g: &Global, k: KeyCommand) -> Result<u8> {
         }
         KeyCommand::Add(a) => {
             let pw = new_password(&a)?;
-            let id = repo.add_key(pw.as_bytes(), KdfParams::with_cost(a.kdf_memory_kib, 3, 1))?;
+            let id = repo.add_key(
+                pw.as_bytes(),
+                KdfParams::with_cost(a.kdf_memory_kib, KdfParams::DEFAULT_ITERATIONS, 1),
+            )?;
             if !g.quiet {
                 println!("added key {}", id.short());
             }
@@ -509,8 +512,10 @@ fn key(g: &Global, k: KeyCommand) -> Result<u8> {
         }
         KeyCommand::Passwd(a) => {
             let pw = new_password(&a)?;
-            let id =
-                repo.change_password(pw.as_bytes(), KdfParams::with_cost(a.kdf_memory_kib, 3, 1))?;
+            let id = repo.change_password(
+                pw.as_bytes(),
+                KdfParams::with_cost(a.kdf_memory_kib, KdfParams::DEFAULT_ITERATIONS, 1),
+            )?;
             if !g.quiet {
                 println!("password changed; new key {}", id.short());
             }
