@@ -10,6 +10,7 @@
 # "auto" = zstd default level; Borg 1.2: zstd,3). Page cache is warm for every tool alike
 # (the corpus is read once before the first tool runs).
 #
+# CAIRN_INIT_ARGS adds arguments to `cairn init` (e.g. chunk sizes).
 # Tools not installed are skipped with a note. Install: restic and borgbackup from
 # Debian; `cargo install rustic-rs`; `cargo install bupstash` (needs libsodium-dev).
 set -euo pipefail
@@ -44,7 +45,7 @@ t_init() {
   local t=$1
   local r=$work/repo-$t
   case $t in
-    cairn) CAIRN_PASSWORD=$PW "$cairn" -q init --repo "$r" --cache-dir "$work/cache-$t" ;;
+    cairn) CAIRN_PASSWORD=$PW "$cairn" -q init --repo "$r" --cache-dir "$work/cache-$t" ${CAIRN_INIT_ARGS:-} ;;
     restic) RESTIC_PASSWORD=$PW restic -q init --repository-version 2 -r "$r" ;;
     borg) BORG_PASSPHRASE=$PW BORG_BASE_DIR=$work/borgbase borg init -e repokey-blake2 "$r" ;;
     rustic) RUSTIC_PASSWORD=$PW rustic -r "$r" --cache-dir "$work/cache-$t" init --set-compression 3 >/dev/null ;;

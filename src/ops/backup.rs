@@ -30,8 +30,9 @@ use crate::id::{BlobId, SnapshotId};
 use crate::repository::{BlobWriter, IndexedRepository};
 use crate::util::NameCache;
 
-/// Chunks sealed in parallel per batch of a streamed file.
-const BATCH: usize = 8;
+/// Bytes of chunks sealed in parallel per batch of a streamed file (a batch holds at
+/// least two chunks, so both cores have work). Two batches are in memory per file.
+const BATCH_BYTES: usize = 4 << 20;
 
 /// What to back up.
 pub enum Source {
@@ -587,7 +588,8 @@ fn stream_chunks<R: Read + Send>(ctx: &Ctx, reader: R) -> Result<(Vec<BlobId>, u
     let mut total = 0u64;
     type Chunks<'c> = dyn Iterator<Item = std::io::Result<Vec<u8>>> + Send + 'c;
     let mut read_batch = |chunks: &mut Chunks| -> Result<Vec<Vec<u8>>> {
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut batch = Vec::new();
+        let mut bytes = 0;
         #[allow(clippy::while_let_on_iterator)] // `for` would need a sized iterator
         while let Some(chunk) = chunks.next() {
             let chunk = chunk.map_err(|e| Error::io("<input>", e))?;
@@ -595,8 +597,9 @@ fn stream_chunks<R: Read + Send>(ctx: &Ctx, reader: R) -> Result<(Vec<BlobId>, u
             total += n;
             ctx.progress.bytes_read.fetch_add(n, Ordering::Relaxed);
             ctx.progress.bytes_done.fetch_add(n, Ordering::Relaxed);
+            bytes += chunk.len();
             batch.push(chunk);
-            if batch.len() == BATCH {
+            if bytes >= BATCH_BYTES && batch.len() >= 2 {
                 break;
             }
         }

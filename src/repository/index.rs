@@ -58,11 +58,11 @@ fn db_options() -> Options {
     let mut o = Options::default();
     o.create_if_missing(true);
     o.set_compression_type(rocksdb::DBCompressionType::None);
-    o.set_write_buffer_size(8 << 20);
+    o.set_write_buffer_size(4 << 20);
     o.set_max_open_files(256);
     let mut t = rocksdb::BlockBasedOptions::default();
     t.set_bloom_filter(10.0, false);
-    t.set_block_cache(&rocksdb::Cache::new_lru_cache(16 << 20));
+    t.set_block_cache(&rocksdb::Cache::new_lru_cache(8 << 20));
     t.set_cache_index_and_filter_blocks(true);
     o.set_block_based_table_factory(&t);
     o
