@@ -43,7 +43,12 @@ fn main() {
         .unwrap();
     let repo_dir = work.path().join("repo");
     let cache = work.path().join("cache");
-    let store = cairn::backend::open(repo_dir.to_str().unwrap(), true).unwrap();
+    let store = cairn::backend::open(
+        repo_dir.to_str().unwrap(),
+        true,
+        &cairn::backend::S3Options::with_defaults(),
+    )
+    .unwrap();
     let init = InitOptions {
         kdf: cairn::crypto::kdf::KdfParams::with_cost(1024, 1, 1),
         ..Default::default()

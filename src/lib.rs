@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! use cairn::{backend, ops, repository::{Repository, RepoOptions, InitOptions}};
-//! let store = backend::open("/srv/backup", true)?;
+//! let store = backend::open("/srv/backup", true, &backend::S3Options::with_defaults())?;
 //! let repo = Repository::init(store, b"secret", InitOptions::default(), RepoOptions::default())?
 //!     .into_indexed()?;
 //! let progress = ops::backup::Progress::default();

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod backend;
 mod backup;
 mod cache;
 mod decoders;

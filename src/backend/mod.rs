@@ -7,6 +7,7 @@
 //! implement the same trait.
 
 mod object;
+pub mod s3;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use bytes::Bytes;
 use crate::error::{Error, Result};
 
 pub use object::ObjectStoreBackend;
+pub use s3::{RequestStats, S3Options};
 
 /// An object's name and size as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +54,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Request counters, where the backend keeps them (S3).
+    fn request_stats(&self) -> Option<&RequestStats> {
+        None
+    }
+
+    /// Turn conditional (create-only) puts on or off, for servers that ignore or reject
+    /// them. Without them a create first checks that the name is free.
+    fn set_conditional_writes(&self, _on: bool) {}
+
     /// The whole object; [`Error::NotFound`] when absent.
     async fn get(&self, name: &str) -> Result<Bytes>;
 
@@ -70,15 +81,19 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn delete(&self, name: &str) -> Result<()>;
 }
 
+/// Is this repository location an S3 URL?
+pub fn is_s3(url: &str) -> bool {
+    url.starts_with("s3:")
+}
+
 /// Open the backend a repository URL names: a local path (`/srv/backup`,
-/// `local:/srv/backup`). `create` makes the local directory (for `init`).
-pub fn open(url: &str, create: bool) -> Result<Arc<dyn Backend>> {
-    let path = url.strip_prefix("local:").unwrap_or(url);
-    if url.starts_with("s3:") || url.starts_with("s3://") {
-        return Err(Error::Config(format!(
-            "{url}: S3 repositories are not supported by this build yet; use a local path"
-        )));
+/// `local:/srv/backup`) or an S3 URL (see [`s3`]). `create` makes the local directory
+/// (for `init`).
+pub fn open(url: &str, create: bool, s3_opts: &S3Options) -> Result<Arc<dyn Backend>> {
+    if is_s3(url) {
+        return Ok(Arc::new(s3::open(url, s3_opts)?));
     }
+    let path = url.strip_prefix("local:").unwrap_or(url);
     if path.is_empty() {
         return Err(Error::Config("empty repository location".into()));
     }
@@ -92,4 +107,30 @@ pub fn open(url: &str, create: bool) -> Result<Arc<dyn Backend>> {
         });
     }
     Ok(Arc::new(ObjectStoreBackend::local(dir)?))
+}
+
+/// Does the store honour create-only writes? Writes a probe object twice with a
+/// conditional put, then removes it. `Ok(false)` when the second write succeeded
+/// (the condition was ignored, as Garage 2.x does) or the condition was rejected.
+pub async fn probe_conditional_writes(backend: &dyn Backend) -> Result<bool> {
+    let name = format!("locks/probe-{}", crate::id::Id::random());
+    backend.set_conditional_writes(true);
+    let first = backend.create(&name, Bytes::from_static(b"probe")).await;
+    let honoured = match first {
+        Ok(()) => matches!(
+            backend.create(&name, Bytes::from_static(b"probe")).await,
+            Err(Error::AlreadyExists { .. })
+        ),
+        // 501 Not Implemented (or a 400 naming the header): no conditional puts.
+        Err(Error::Backend { message, .. })
+            if message.contains("501")
+                || message.contains("NotImplemented")
+                || message.contains("If-None-Match") =>
+        {
+            false
+        }
+        Err(e) => return Err(e),
+    };
+    backend.delete(&name).await?;
+    Ok(honoured)
 }

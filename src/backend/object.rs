@@ -2,6 +2,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,6 +20,11 @@ pub struct ObjectStoreBackend {
     location: String,
     /// The directory, for a local repository: finished packs are hard-linked into place.
     local_root: Option<std::path::PathBuf>,
+    /// Request counters (S3).
+    pub(super) requests: Option<Arc<super::s3::RequestStats>>,
+    /// Send create-only writes as conditional puts. Off for servers found to ignore
+    /// or reject them: then a create checks for the name first (see `create`).
+    conditional: AtomicBool,
 }
 
 impl ObjectStoreBackend {
@@ -27,6 +33,8 @@ impl ObjectStoreBackend {
             store,
             location,
             local_root: None,
+            requests: None,
+            conditional: AtomicBool::new(true),
         }
     }
 
@@ -51,8 +59,17 @@ impl ObjectStoreBackend {
             object_store::Error::NotFound { .. } => Error::NotFound {
                 what: format!("{name} in {}", self.location),
             },
-            object_store::Error::AlreadyExists { .. } => Error::AlreadyExists {
+            object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. } => Error::AlreadyExists {
                 what: format!("{name} in {}", self.location),
+            },
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => Error::Backend {
+                location: self.location.clone(),
+                message: format!(
+                    "{name}: access denied: check the credentials and that the key may read, list and write this bucket ({e_short})",
+                    e_short = short(&e)
+                ),
             },
             other => Error::Backend {
                 location: self.location.clone(),
@@ -69,8 +86,19 @@ impl Backend for ObjectStoreBackend {
     }
 
     async fn create(&self, name: &str, data: Bytes) -> Result<()> {
+        let conditional = self.conditional.load(Ordering::Relaxed);
+        if !conditional && self.head(name).await?.is_some() {
+            // Names are content hashes or random: what is there already has these bytes.
+            return Err(Error::AlreadyExists {
+                what: format!("{name} in {}", self.location),
+            });
+        }
         let opts = PutOptions {
-            mode: PutMode::Create,
+            mode: if conditional {
+                PutMode::Create
+            } else {
+                PutMode::Overwrite
+            },
             ..Default::default()
         };
         self.store
@@ -97,6 +125,14 @@ impl Backend for ObjectStoreBackend {
                 location: self.location.clone(),
                 message: format!("{name}: {e}"),
             })?
+    }
+
+    fn request_stats(&self) -> Option<&super::s3::RequestStats> {
+        self.requests.as_deref()
+    }
+
+    fn set_conditional_writes(&self, on: bool) {
+        self.conditional.store(on, Ordering::Relaxed);
     }
 
     fn staging_dir(&self) -> Option<std::path::PathBuf> {
@@ -191,4 +227,9 @@ fn link_into_place(
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(dir, e))
+}
+
+/// The first line of an object_store error, without the request dump that follows.
+fn short(e: &object_store::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }

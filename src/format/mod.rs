@@ -9,6 +9,7 @@
 pub(crate) mod blob;
 mod config;
 mod key;
+mod lock;
 mod pack;
 mod snapshot;
 mod tree;
@@ -16,6 +17,7 @@ mod tree;
 pub use blob::{BlobType, open_blob, seal_blob};
 pub use config::{CONFIG_MAGIC, ChunkerParams, Config};
 pub use key::KeyFile;
+pub use lock::{Lock, LockKind};
 pub use pack::{PACK_MAGIC, PACK_TRAILER_LEN, PackBlob, PackHeader, pack_header_len};
 pub use snapshot::{Snapshot, StreamInfo, Summary};
 pub use tree::{Node, NodeKind, Timestamp, Tree, Xattr};
@@ -39,6 +41,7 @@ pub mod aad {
     pub const PACK_HEADER: &[u8] = b"cairn/pack-header/v1";
     pub const INDEX: &[u8] = b"cairn/index/v1";
     pub const SNAPSHOT: &[u8] = b"cairn/snapshot/v1";
+    pub const LOCK: &[u8] = b"cairn/lock/v1";
     pub const BLOB: &[u8] = b"cairn/blob/v1";
 }
 

@@ -134,6 +134,13 @@ pub fn backup(
             .bytes_expected
             .store(p.summary.total_bytes, Ordering::Relaxed);
     }
+    // Announce the backup before reading anything: a key that may not write fails
+    // here, with nothing read and nothing stored.
+    let announcement = if opts.dry_run {
+        None
+    } else {
+        Some(repo.announce(crate::format::LockKind::Backup)?)
+    };
     let writer = if opts.dry_run {
         repo.dry_run_writer()
     } else {
@@ -194,6 +201,9 @@ pub fn backup(
     } else {
         Some(repo.save_snapshot(&snap)?)
     };
+    if let Some(a) = announcement {
+        a.finish();
+    }
     Ok(BackupResult {
         id,
         snapshot: snap,

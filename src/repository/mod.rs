@@ -6,6 +6,7 @@
 
 mod index;
 mod keys;
+mod lock;
 mod writer;
 
 use std::future::Future;
@@ -26,6 +27,7 @@ use crate::id::{BlobId, IndexId, KeyId, SnapshotId};
 
 pub use index::{BlobLocation, IndexCache, SyncStats};
 pub use keys::KeyInfo;
+pub use lock::{Announcement, REFRESH};
 pub use writer::{BlobWriter, WriteStats};
 
 /// Settings of this process (not of the repository).
@@ -109,13 +111,39 @@ impl Repository {
                 what: format!("a repository at {}", backend.location()),
             });
         }
+        let conditional =
+            rt.block_on(crate::backend::probe_conditional_writes(backend.as_ref()))?;
+        if !conditional {
+            tracing::warn!(
+                "{} ignores or rejects conditional writes (If-None-Match); cairn checks names before \
+                 writing instead. Every name is a content hash or random, so this stays safe, but two \
+                 `cairn init` racing on one location could not be told apart",
+                backend.location()
+            );
+        }
+        backend.set_conditional_writes(conditional);
         let key = MasterKey::random();
         let kf = KeyFile::create(&key, password, init.kdf)?;
         let key_id = KeyId(crate::id::Id::random());
         rt.block_on(backend.create(&names::key(&key_id), Bytes::from(kf.to_bytes())))?;
         let mut cfg_bytes = CONFIG_MAGIC.to_vec();
         cfg_bytes.extend(format::seal_object(&key, aad::CONFIG, 3, &config));
-        if let Err(e) = rt.block_on(backend.create(names::CONFIG, Bytes::from(cfg_bytes))) {
+        let written = rt
+            .block_on(backend.create(names::CONFIG, Bytes::from(cfg_bytes.clone())))
+            .and_then(|()| {
+                // Without conditional writes a racing init could have replaced ours.
+                let back = rt.block_on(backend.get(names::CONFIG))?;
+                if back != cfg_bytes {
+                    return Err(Error::AlreadyExists {
+                        what: format!(
+                            "a repository at {} (created concurrently)",
+                            backend.location()
+                        ),
+                    });
+                }
+                Ok(())
+            });
+        if let Err(e) = written {
             // Lost a race with another init: leave its repository alone, remove our key.
             let _ = rt.block_on(backend.delete(&names::key(&key_id)));
             return Err(match e {
@@ -125,14 +153,46 @@ impl Repository {
                 e => e,
             });
         }
-        Ok(Repository {
+        let repo = Repository {
             backend,
             rt,
             key: Arc::new(key),
             key_id,
             config,
             opts,
-        })
+        };
+        repo.save_capabilities(conditional);
+        Ok(repo)
+    }
+
+    fn capabilities_path(&self) -> PathBuf {
+        self.cache_dir().join("capabilities.json")
+    }
+
+    /// Record what the store supports, in the local cache (never in the repository: other
+    /// clients may reach it through other servers).
+    fn save_capabilities(&self, conditional_writes: bool) {
+        let path = self.capabilities_path();
+        let body = serde_json::json!({ "conditional_writes": conditional_writes, "location": self.backend.location() });
+        let r = std::fs::create_dir_all(path.parent().expect("in cache dir"))
+            .and_then(|()| std::fs::write(&path, body.to_string()));
+        if let Err(e) = r {
+            tracing::warn!(
+                "cannot record store capabilities in {}: {e}",
+                path.display()
+            );
+        }
+    }
+
+    /// Apply recorded capabilities (conditional writes are assumed where none are known).
+    fn load_capabilities(&self) {
+        if let Ok(text) = std::fs::read_to_string(self.capabilities_path()) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                if v["conditional_writes"] == false {
+                    self.backend.set_conditional_writes(false);
+                }
+            }
+        }
     }
 
     /// Open with a password: [`Error::NoRepository`] when there is no `config`,
@@ -144,7 +204,7 @@ impl Repository {
             Err(Error::NotFound { .. }) => {
                 return Err(Error::NoRepository {
                     location: backend.location().to_string(),
-                    hint: "there is no `config` object; check --repo, or run `cairn init`".into(),
+                    hint: "there is no `config` object; check --repo (and for S3 the bucket and prefix), or run `cairn init`".into(),
                 });
             }
             Err(e) => return Err(e),
@@ -169,14 +229,16 @@ impl Repository {
         let config: Config =
             format::open_object(&key, aad::CONFIG, "config", &cfg[CONFIG_MAGIC.len()..])?;
         config.validate()?;
-        Ok(Repository {
+        let repo = Repository {
             backend,
             rt,
             key: Arc::new(key),
             key_id,
             config,
             opts,
-        })
+        };
+        repo.load_capabilities();
+        Ok(repo)
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 use tempfile::TempDir;
 
+pub mod s3;
+
 pub const PASSWORD: &str = "correct horse battery staple";
 
 /// A fresh repository in a temporary directory.

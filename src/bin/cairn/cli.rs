@@ -40,12 +40,48 @@ pub struct Global {
     /// Print results as JSON.
     #[arg(long, global = true)]
     pub json: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
     /// Print only errors and warnings (for cron).
     #[arg(short, long, global = true)]
     pub quiet: bool,
     /// More log output (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+}
+
+/// S3 settings (repositories given as s3://BUCKET/PREFIX or s3:http://HOST:PORT/BUCKET/PREFIX).
+/// Credentials come from --s3-access-key-id with --s3-secret-access-key-file, or
+/// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials.
+#[derive(Debug, Args)]
+pub struct S3Args {
+    /// S3 endpoint for s3:// URLs, e.g. http://minio:9000 (else AWS_ENDPOINT_URL, else AWS).
+    #[arg(long, global = true)]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (else AWS_REGION, else us-east-1).
+    #[arg(long, global = true)]
+    pub s3_region: Option<String>,
+    /// Virtual-hosted-style requests (default for custom endpoints: path-style).
+    #[arg(long, global = true)]
+    pub s3_virtual_hosted: bool,
+    /// Profile in ~/.aws/credentials (else AWS_PROFILE, else "default").
+    #[arg(long, global = true)]
+    pub s3_profile: Option<String>,
+    /// Access key id (with --s3-secret-access-key-file).
+    #[arg(long, global = true, requires = "s3_secret_access_key_file")]
+    pub s3_access_key_id: Option<String>,
+    /// File holding the secret access key (a secret never goes on the command line).
+    #[arg(long, global = true, requires = "s3_access_key_id")]
+    pub s3_secret_access_key_file: Option<PathBuf>,
+    /// Retries of a failed store request (5xx, throttling, connection errors).
+    #[arg(long, global = true, default_value_t = 5)]
+    pub retries: usize,
+    /// Stop retrying a request after this long (e.g. 60s, 5m).
+    #[arg(long, global = true, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub retry_timeout: std::time::Duration,
+    /// Timeout of one store request.
+    #[arg(long, global = true, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,6 +121,9 @@ pub struct InitArgs {
     /// zstd compression level (1-19).
     #[arg(long, default_value_t = 3)]
     pub compression: i32,
+    /// Create the S3 bucket if it does not exist.
+    #[arg(long)]
+    pub create_bucket: bool,
     /// Argon2id memory in KiB for the new key (tests lower it).
     #[arg(long, default_value_t = cairn::crypto::kdf::KdfParams::DEFAULT_MEMORY_KIB, hide = true)]
     pub kdf_memory_kib: u32,

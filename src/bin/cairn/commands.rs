@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use cairn::backend;
+use cairn::backend::{self, S3Options};
 use cairn::crypto::kdf::KdfParams;
 use cairn::format::{
     self, BlobType, ChunkerParams, IndexFile, KeyFile, PackHeader, Tree, aad, names,
@@ -104,9 +104,35 @@ fn prompt(what: &str, confirm: bool) -> Result<Zeroizing<String>> {
     Ok(p)
 }
 
+fn s3_options(g: &Global) -> Result<S3Options> {
+    let a = &g.s3;
+    let secret = match &a.s3_secret_access_key_file {
+        Some(f) => Some(
+            first_line(
+                &std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+            )
+            .to_string(),
+        ),
+        None => None,
+    };
+    Ok(S3Options {
+        endpoint: a.s3_endpoint.clone(),
+        region: a.s3_region.clone(),
+        virtual_hosted: a.s3_virtual_hosted,
+        access_key_id: a.s3_access_key_id.clone(),
+        secret_access_key: secret,
+        session_token: None,
+        profile: a.s3_profile.clone(),
+        retries: a.retries,
+        retry_timeout: a.retry_timeout,
+        timeout: a.timeout,
+        connect_timeout: std::time::Duration::from_secs(10).min(a.timeout),
+    })
+}
+
 fn open(g: &Global) -> Result<Repository> {
     let url = repo_url(g)?;
-    let store = backend::open(url, false)?;
+    let store = backend::open(url, false, &s3_options(g)?)?;
     let pw = password(g, false)?;
     Ok(Repository::open(store, pw.as_bytes(), repo_options(g))?)
 }
@@ -143,7 +169,17 @@ fn init(g: &Global, a: InitArgs) -> Result<u8> {
         compression: a.compression,
         kdf: KdfParams::with_cost(a.kdf_memory_kib, KdfParams::DEFAULT_ITERATIONS, 1),
     };
-    let store = backend::open(url, true)?;
+    let s3 = s3_options(g)?;
+    if a.create_bucket {
+        if !backend::is_s3(url) {
+            bail!("--create-bucket is for S3 repositories");
+        }
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(backend::s3::create_bucket(url, &s3))?;
+    }
+    let store = backend::open(url, true, &s3)?;
     let pw = password(g, true)?;
     let repo = Repository::init(store, pw.as_bytes(), opts, repo_options(g))
         .context("init refused, nothing was changed")?;

@@ -1,0 +1,175 @@
+//! One conformance suite, run against every backend: the local file system and a real
+//! S3 server (s3s-fs in this process, over HTTP on 127.0.0.1).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cairn::Error;
+use cairn::backend::{self, Backend, S3Options};
+
+use crate::common::s3::S3Server;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn conformance(b: Arc<dyn Backend>) {
+    // Create-only: a second create of a name is refused and changes nothing.
+    b.create("data/ab/obj1", Bytes::from_static(b"hello world"))
+        .await
+        .unwrap();
+    let again = b
+        .create("data/ab/obj1", Bytes::from_static(b"other bytes"))
+        .await;
+    assert!(
+        matches!(again, Err(Error::AlreadyExists { .. })),
+        "{again:?}"
+    );
+    assert_eq!(
+        b.get("data/ab/obj1").await.unwrap(),
+        Bytes::from_static(b"hello world")
+    );
+
+    // Absent objects.
+    assert!(matches!(
+        b.get("data/ab/missing").await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        b.get_range("data/ab/missing", 0..1).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(b.head("data/ab/missing").await.unwrap(), None);
+    assert_eq!(b.head("data/ab/obj1").await.unwrap(), Some(11));
+
+    // Ranges, and no short reads past the end.
+    assert_eq!(
+        b.get_range("data/ab/obj1", 6..11).await.unwrap(),
+        Bytes::from_static(b"world")
+    );
+    assert!(b.get_range("data/ab/obj1", 6..20).await.is_err());
+
+    // Listing is recursive, exact, and pages through more than 1000 objects.
+    let n = 1200;
+    futures::future::try_join_all((0..n).map(|i| {
+        let b = b.clone();
+        async move {
+            b.create(&format!("index/{i:05}"), Bytes::from(vec![1u8; i % 7]))
+                .await
+        }
+    }))
+    .await
+    .unwrap();
+    let mut listed = b.list("index/").await.unwrap();
+    listed.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(listed.len(), n);
+    assert_eq!(listed[3].name, "index/00003");
+    assert_eq!(listed[3].size, 3);
+    let data = b.list("data/").await.unwrap();
+    assert_eq!(data.len(), 1);
+    assert_eq!(data[0].name, "data/ab/obj1");
+    assert!(b.list("snapshots/").await.unwrap().is_empty());
+
+    // A file becomes an object whole.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("pack");
+    std::fs::write(&f, vec![7u8; 300_000]).unwrap();
+    b.create_file("data/cd/obj2", &f).await.unwrap();
+    assert_eq!(b.get("data/cd/obj2").await.unwrap().len(), 300_000);
+    assert!(matches!(
+        b.create_file("data/cd/obj2", &f).await,
+        Err(Error::AlreadyExists { .. })
+    ));
+
+    // Delete is idempotent.
+    b.delete("data/ab/obj1").await.unwrap();
+    b.delete("data/ab/obj1").await.unwrap();
+    assert_eq!(b.head("data/ab/obj1").await.unwrap(), None);
+}
+
+#[test]
+fn conformance_local() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backend::open(
+        dir.path().join("repo").to_str().unwrap(),
+        true,
+        &S3Options::with_defaults(),
+    )
+    .unwrap();
+    rt().block_on(conformance(b));
+}
+
+#[test]
+fn conformance_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&dir.path().join("s3"));
+    let b = backend::open(&server.url("conf"), true, &server.options("cairn-full")).unwrap();
+    rt().block_on(conformance(b.clone()));
+    let stats = b.request_stats().unwrap();
+    assert!(stats.puts.load(std::sync::atomic::Ordering::Relaxed) >= 1200);
+}
+
+#[test]
+fn s3_conditional_writes_are_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&dir.path().join("s3"));
+    let b = backend::open(&server.url("probe"), true, &server.options("cairn-full")).unwrap();
+    // s3s-fs honours If-None-Match on PUT.
+    assert!(
+        rt().block_on(backend::probe_conditional_writes(b.as_ref()))
+            .unwrap()
+    );
+    // The local backend too.
+    let l = backend::open(
+        dir.path().join("l").to_str().unwrap(),
+        true,
+        &S3Options::with_defaults(),
+    )
+    .unwrap();
+    assert!(
+        rt().block_on(backend::probe_conditional_writes(l.as_ref()))
+            .unwrap()
+    );
+}
+
+#[test]
+fn s3_fallback_without_conditional_writes_stays_create_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&dir.path().join("s3"));
+    let b = backend::open(&server.url("nocond"), true, &server.options("cairn-full")).unwrap();
+    b.set_conditional_writes(false);
+    let rt = rt();
+    rt.block_on(b.create("keys/k", Bytes::from_static(b"first")))
+        .unwrap();
+    assert!(matches!(
+        rt.block_on(b.create("keys/k", Bytes::from_static(b"second"))),
+        Err(Error::AlreadyExists { .. })
+    ));
+    assert_eq!(
+        rt.block_on(b.get("keys/k")).unwrap(),
+        Bytes::from_static(b"first")
+    );
+}
+
+#[test]
+fn s3_errors_name_the_endpoint_and_keep_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&dir.path().join("s3"));
+    let mut opts = server.options("cairn-full");
+    opts.secret_access_key = Some("wrong-secret-value".into());
+    let b = backend::open(&server.url("x"), true, &opts).unwrap();
+    let err = rt().block_on(b.get("config")).unwrap_err().to_string();
+    assert!(err.contains(&server.endpoint()), "{err}");
+    assert!(!err.contains("wrong-secret-value"), "{err}");
+    // A read-only key cannot write.
+    let ro = backend::open(&server.url("x"), true, &server.options("cairn-readonly")).unwrap();
+    let err = rt()
+        .block_on(ro.create("locks/x", Bytes::from_static(b"x")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("access denied"), "{err}");
+}
