@@ -10,3 +10,4 @@ mod decoders;
 mod errors;
 mod keys;
 mod roundtrip;
+mod s3;

@@ -233,6 +233,8 @@ fn build(url: &str, opts: &S3Options) -> Result<Built> {
         })
         .with_http_connector(CountingConnector {
             stats: stats.clone(),
+            retries: opts.retries,
+            budget: opts.retry_timeout,
         });
     if let Some(t) = token {
         b = b.with_token(t);
@@ -322,9 +324,17 @@ pub async fn create_bucket(url: &str, opts: &S3Options) -> Result<()> {
     )))
 }
 
+/// The HTTP layer under `object_store`: counts requests and failed attempts, and
+/// retries transport failures (a reset or closed connection) that `object_store` leaves
+/// alone for requests it does not consider idempotent. Every request cairn sends may be
+/// sent again: reads and deletes are idempotent, and writes are create-only to names
+/// that are content hashes or random, so a repeated write finds its own first copy.
+/// Error responses (5xx, 429) are left to `object_store`'s retries.
 #[derive(Debug)]
 struct CountingConnector {
     stats: Arc<RequestStats>,
+    retries: usize,
+    budget: Duration,
 }
 
 impl HttpConnector for CountingConnector {
@@ -333,6 +343,8 @@ impl HttpConnector for CountingConnector {
         Ok(HttpClient::new(Counting {
             inner,
             stats: self.stats.clone(),
+            retries: self.retries,
+            budget: self.budget,
         }))
     }
 }
@@ -341,6 +353,16 @@ impl HttpConnector for CountingConnector {
 struct Counting {
     inner: HttpClient,
     stats: Arc<RequestStats>,
+    retries: usize,
+    budget: Duration,
+}
+
+/// Exponential backoff with full jitter: 100 ms doubling, at most 5 s.
+fn backoff(attempt: usize) -> Duration {
+    let cap = Duration::from_millis(100)
+        .saturating_mul(1 << attempt.min(6))
+        .min(Duration::from_secs(5));
+    cap.mul_f64(rand::random::<f64>())
 }
 
 #[async_trait]
@@ -351,16 +373,40 @@ impl HttpService for Counting {
             "PUT" | "POST" => &self.stats.puts,
             _ => &self.stats.other,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
-        let r = self.inner.execute(req).await;
-        let failed = match &r {
-            Ok(resp) => resp.status().is_server_error() || resp.status().as_u16() == 429,
-            Err(_) => true,
-        };
-        if failed {
-            self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        let (parts, body) = req.into_parts();
+        let started = std::time::Instant::now();
+        let mut attempt = 0;
+        loop {
+            let mut again = http::Request::new(body.clone());
+            *again.method_mut() = parts.method.clone();
+            *again.uri_mut() = parts.uri.clone();
+            *again.version_mut() = parts.version;
+            *again.headers_mut() = parts.headers.clone();
+            *again.extensions_mut() = parts.extensions.clone();
+            counter.fetch_add(1, Ordering::Relaxed);
+            match self.inner.execute(again).await {
+                Ok(resp) => {
+                    if resp.status().is_server_error() || resp.status().as_u16() == 429 {
+                        self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    if attempt >= self.retries || started.elapsed() >= self.budget {
+                        return Err(e);
+                    }
+                    attempt += 1;
+                    tracing::debug!(
+                        "{} {}: {e}; retry {attempt} of {}",
+                        parts.method,
+                        parts.uri.path(),
+                        self.retries
+                    );
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
         }
-        r
     }
 }
 

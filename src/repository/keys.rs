@@ -57,7 +57,13 @@ pub(super) fn find_key(
                     return Ok((id, m));
                 }
             }
-            Err(e) => tracing::warn!("skipping unreadable key file: {e}"),
+            // A damaged key file is skipped (another may open); a store that cannot be
+            // read is an error, never a wrong password.
+            Err(e @ (Error::Format { .. } | Error::Integrity { .. })) => {
+                tracing::warn!("skipping unreadable key file: {e}")
+            }
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
         }
     }
     Err(Error::WrongPassword {

@@ -299,8 +299,16 @@ fn backup_cmd(g: &Global, a: BackupArgs) -> Result<u8> {
         .map(|i| i.short())
         .unwrap_or_else(|| "(dry run)".into());
     if g.json {
+        let requests = repo.backend().request_stats().map(|r| {
+            use std::sync::atomic::Ordering::Relaxed;
+            serde_json::json!({
+                "gets": r.gets.load(Relaxed), "puts": r.puts.load(Relaxed),
+                "other": r.other.load(Relaxed), "failed_attempts": r.failed_attempts.load(Relaxed),
+            })
+        });
         let line = serde_json::json!({
             "message_type": "summary",
+            "requests": requests,
             "snapshot_id": done.id,
             "dry_run": opts.dry_run,
             "parent": done.snapshot.parent,

@@ -19,11 +19,6 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
-    // Die quietly on a closed pipe (`cairn ls latest | head`), like other Unix tools.
-    // SAFETY: setting a signal disposition at startup, before any threads exist.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     // glibc gives each thread that allocates its own arena, and chunk-sized buffers freed
     // on one thread stay cached in another's: one arena cut peak RSS by a fifth on the
     // comparison corpus at the same speed (docs/benchmarks.md).
@@ -50,12 +45,24 @@ fn main() -> ExitCode {
 
     match commands::run(cli) {
         Ok(code) => ExitCode::from(code),
+        // A closed stdout (`cairn ls latest | head`) ends the command quietly. SIGPIPE
+        // stays ignored (Rust's default): resetting it would let a server closing a
+        // socket kill the process.
+        Err(err) if is_closed_stdout(&err) => ExitCode::from(exit::OK),
         Err(err) => {
             let code = exit_code(&err);
             eprintln!("error: {err:#}");
             ExitCode::from(code)
         }
     }
+}
+
+fn is_closed_stdout(err: &anyhow::Error) -> bool {
+    let pipe = |e: &std::io::Error| e.kind() == std::io::ErrorKind::BrokenPipe;
+    err.chain().any(|e| match e.downcast_ref::<cairn::Error>() {
+        Some(cairn::Error::Io { path, source }) => path.as_os_str() == "<stdout>" && pipe(source),
+        _ => e.downcast_ref::<std::io::Error>().is_some_and(pipe),
+    })
 }
 
 fn exit_code(err: &anyhow::Error) -> u8 {
