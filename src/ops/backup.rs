@@ -295,7 +295,7 @@ fn backup_paths(
                 .map_err(|e| Error::io(s, e))?
                 .dev();
             let tree =
-                backup_dir_contents(ctx, s, parent_tree(ctx, parent.as_ref()).as_ref(), dev)?;
+                backup_dir_contents(ctx, s, parent_tree(ctx, parent.as_ref())?.as_ref(), dev)?;
             return Ok((tree, vec!["/".into()]));
         }
         let mut dir = &mut root;
@@ -319,7 +319,7 @@ fn backup_paths(
         ctx,
         &root,
         Path::new("/"),
-        parent_tree(ctx, parent.as_ref()).as_ref(),
+        parent_tree(ctx, parent.as_ref())?.as_ref(),
     )?;
     Ok((
         tree,
@@ -329,13 +329,17 @@ fn backup_paths(
 
 /// The parent's tree, when change detection is on; a tree that cannot be read only
 /// means its files are read again.
-fn parent_tree(ctx: &Ctx, id: Option<&BlobId>) -> Option<Tree> {
-    let id = id.filter(|_| ctx.use_parent)?;
+fn parent_tree(ctx: &Ctx, id: Option<&BlobId>) -> Result<Option<Tree>> {
+    let Some(id) = id.filter(|_| ctx.use_parent) else {
+        return Ok(None);
+    };
     match ctx.repo.load_tree(id) {
-        Ok(t) => Some(t),
+        Ok(t) => Ok(Some(t)),
+        // An unreachable store stops the backup; a damaged parent only costs rereading.
+        Err(e @ Error::Backend { .. }) => Err(e),
         Err(e) => {
             tracing::warn!("parent tree {id} unreadable ({e}); reading its files again");
-            None
+            Ok(None)
         }
     }
 }
@@ -363,7 +367,7 @@ fn backup_vdir(ctx: &Ctx, dir: &VDir, real: &Path, parent: Option<&Tree>) -> Res
                 }
             }
             VEntry::Dir(sub) => {
-                let ptree = parent_tree(ctx, parent_subtree(pnode));
+                let ptree = parent_tree(ctx, parent_subtree(pnode))?;
                 let subtree = backup_vdir(ctx, sub, &path, ptree.as_ref())?;
                 let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
                 let mut n =
@@ -407,7 +411,7 @@ fn backup_entry(
             // A mount point: keep the directory, not the other file system's contents.
             store_tree(ctx, Vec::new())
         } else {
-            let ptree = parent_tree(ctx, parent_subtree(parent));
+            let ptree = parent_tree(ctx, parent_subtree(parent))?;
             backup_dir_contents(ctx, path, ptree.as_ref(), dev)
         };
         match contents {
