@@ -32,7 +32,7 @@ pub struct Selector {
     pub one_file_system: bool,
 }
 
-fn glob(pattern: &str, case_insensitive: bool) -> Result<Glob> {
+pub(crate) fn glob(pattern: &str, case_insensitive: bool) -> Result<Glob> {
     let p = pattern.trim_end_matches('/');
     let full = if p.starts_with('/') {
         p.to_string()

@@ -203,6 +203,21 @@ pub struct RestoreArgs {
     /// Directory to restore into.
     #[arg(short, long)]
     pub target: PathBuf,
+    /// Restore only paths matching this glob, with what is below them (repeatable).
+    #[arg(short, long = "include")]
+    pub include: Vec<String>,
+    /// Skip paths matching this glob, with what is below them (repeatable).
+    #[arg(short, long = "exclude")]
+    pub exclude: Vec<String>,
+    /// Leave runs of zeros as holes in the restored files.
+    #[arg(long)]
+    pub sparse: bool,
+    /// Check what is already in the target and fetch only what differs.
+    #[arg(long)]
+    pub verify: bool,
+    /// Remove files in restored directories that are not in the snapshot.
+    #[arg(long)]
+    pub delete: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -460,6 +460,11 @@ fn restore_cmd(g: &Global, a: RestoreArgs) -> Result<u8> {
     let opts = RestoreOptions {
         target: a.target.clone(),
         path: PathBuf::from(path),
+        include: a.include.clone(),
+        exclude: a.exclude.clone(),
+        sparse: a.sparse,
+        verify: a.verify,
+        delete: a.delete,
     };
     let stats = restore::restore(&repo, &snap, &opts)?;
     for p in &stats.problems {
@@ -468,17 +473,22 @@ fn restore_cmd(g: &Global, a: RestoreArgs) -> Result<u8> {
     if g.json {
         print_json(&serde_json::json!({
             "snapshot_id": id, "files": stats.files, "dirs": stats.dirs, "other": stats.other,
-            "bytes": stats.bytes, "problems": stats.problems,
+            "files_unchanged": stats.files_unchanged, "bytes_written": stats.bytes_written,
+            "bytes_fetched": stats.bytes_fetched, "requests": stats.requests, "deleted": stats.deleted,
+            "problems": stats.problems,
         }))?;
     } else if !g.quiet {
         println!(
-            "restored snapshot {} to {}: {} files, {} dirs, {} other, {}",
+            "restored snapshot {} to {}: {} files ({} already complete), {} dirs, {} other; {} written, {} fetched in {} requests",
             id.short(),
             a.target.display(),
             stats.files,
+            stats.files_unchanged,
             stats.dirs,
             stats.other,
-            human_bytes(stats.bytes)
+            human_bytes(stats.bytes_written),
+            human_bytes(stats.bytes_fetched),
+            stats.requests
         );
     }
     if stats.problems.is_empty() {
