@@ -362,7 +362,7 @@ fn backup_vdir(ctx: &Ctx, dir: &VDir, real: &Path, parent: Option<&Tree>) -> Res
                     Ok(m) => m.dev(),
                     Err(_) => 0,
                 };
-                if let Some(n) = backup_entry(ctx, p, name.clone(), pnode, dev)? {
+                if let Some(n) = backup_entry(ctx, p, name.clone(), pnode, dev, None)? {
                     nodes.push(n);
                 }
             }
@@ -394,14 +394,17 @@ fn backup_entry(
     name: Vec<u8>,
     parent: Option<&Node>,
     dev: u64,
+    meta: Option<std::io::Result<std::fs::Metadata>>,
 ) -> Result<Option<Node>> {
-    let meta = match std::fs::symlink_metadata(path) {
+    let meta = match meta.unwrap_or_else(|| std::fs::symlink_metadata(path)) {
         Ok(m) => m,
         Err(e) => {
             ctx.problem(path, format!("cannot stat: {e}"));
             return Ok(None);
         }
     };
+    // An unchanged file (same ctime) has the parent's extended attributes too.
+    let mut same_xattrs: Option<&Vec<crate::format::Xattr>> = None;
     let ft = meta.file_type();
     let kind = if ft.is_dir() {
         if ctx.select.marked(path) {
@@ -427,6 +430,7 @@ fn backup_entry(
         }
     } else if ft.is_file() {
         if let Some(content) = unchanged_content(ctx, parent, &meta)? {
+            same_xattrs = parent.map(|p| &p.xattrs);
             ctx.progress
                 .files_unmodified
                 .fetch_add(1, Ordering::Relaxed);
@@ -468,7 +472,10 @@ fn backup_entry(
         return Ok(None);
     };
     let mut node = node_from_meta(ctx, path, name, &meta, kind);
-    node.xattrs = read_xattrs(path);
+    node.xattrs = match same_xattrs {
+        Some(x) => x.clone(),
+        None => read_xattrs(path),
+    };
     Ok(Some(node))
 }
 
@@ -500,23 +507,31 @@ fn unchanged_content(
 
 fn backup_dir_contents(ctx: &Ctx, path: &Path, parent: Option<&Tree>, dev: u64) -> Result<BlobId> {
     let rd = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?;
-    let mut names = Vec::new();
+    let mut entries = Vec::new();
     for e in rd {
         match e {
-            Ok(e) => names.push(e.file_name()),
+            Ok(e) => entries.push((e.file_name(), e)),
             Err(e) => ctx.problem(path, format!("error while listing: {e}")),
         }
     }
-    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    let nodes: Vec<Option<Node>> = names
+    entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let nodes: Vec<Option<Node>> = entries
         .par_iter()
-        .map(|n| {
+        .map(|(n, e)| {
             let child = path.join(n);
             if ctx.select.excluded(&child) {
                 return Ok(None);
             }
             let pnode = parent.and_then(|t| t.get(n.as_bytes()));
-            backup_entry(ctx, &child, n.as_bytes().to_vec(), pnode, dev)
+            // fstatat relative to the open directory: no walk of the whole path.
+            backup_entry(
+                ctx,
+                &child,
+                n.as_bytes().to_vec(),
+                pnode,
+                dev,
+                Some(e.metadata()),
+            )
         })
         .collect::<Result<_>>()?;
     store_tree(ctx, nodes.into_iter().flatten().collect())

@@ -7,6 +7,7 @@
 mod index;
 mod keys;
 mod lock;
+mod tree_cache;
 mod writer;
 
 use std::future::Future;
@@ -389,6 +390,7 @@ impl Repository {
             repo: self,
             index,
             sync: stats,
+            tree_packs: Default::default(),
         })
     }
 }
@@ -422,6 +424,7 @@ pub struct IndexedRepository {
     repo: Repository,
     index: Arc<IndexCache>,
     sync: SyncStats,
+    tree_packs: tree_cache::TreePackCache,
 }
 
 impl std::ops::Deref for IndexedRepository {
@@ -470,7 +473,43 @@ impl IndexedRepository {
         self.block_on(self.read_blob_async(ty, id))
     }
 
+    /// Read and decode a tree, through the cache of whole tree packs.
     pub fn load_tree(&self, id: &BlobId) -> Result<Tree> {
+        let loc = self.locate(BlobType::Tree, id)?;
+        let end = loc.offset + loc.length as u64;
+        let pack = match self.tree_packs.get(&loc.pack) {
+            Some(p) => p,
+            // Whole packs only when packs are of a size worth holding in memory.
+            None if self.config().pack_size <= 32 << 20 => {
+                let p = self.block_on(self.backend().get(&names::pack(&loc.pack)))?;
+                self.tree_packs.insert(loc.pack, p.clone());
+                p
+            }
+            None => return self.load_tree_uncached(id),
+        };
+        if end > pack.len() as u64 {
+            return Err(Error::integrity(
+                names::pack(&loc.pack),
+                format!(
+                    "pack is {} bytes, the index places tree {id} at {}..{end}",
+                    pack.len(),
+                    loc.offset
+                ),
+            ));
+        }
+        let sealed = &pack[loc.offset as usize..end as usize];
+        let bytes = format::open_blob(self.key(), BlobType::Tree, id, sealed, Some(loc.raw_length))
+            .map_err(|e| match e {
+                Error::Integrity { object, reason } => Error::Integrity {
+                    object: format!("{object} in {}", names::pack(&loc.pack)),
+                    reason,
+                },
+                e => e,
+            })?;
+        Tree::decode(&format!("tree {id}"), &bytes)
+    }
+
+    fn load_tree_uncached(&self, id: &BlobId) -> Result<Tree> {
         let bytes = self.read_blob(BlobType::Tree, id)?;
         Tree::decode(&format!("tree {id}"), &bytes)
     }

@@ -25,7 +25,7 @@ use crate::repository::IndexedRepository;
 /// Unneeded bytes between two wanted blobs that are still read in one request.
 const MAX_GAP: u64 = 256 << 10;
 /// Largest single ranged read.
-const MAX_RANGE: u64 = 8 << 20;
+const MAX_RANGE: u64 = 4 << 20;
 /// Blob uses planned at once.
 const BATCH_BLOBS: usize = 50_000;
 
