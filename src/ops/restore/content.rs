@@ -161,7 +161,7 @@ fn plan(repo: &IndexedRepository, jobs: &[ContentJob], first: usize, report: Rep
         ranges.extend(current);
     }
     // Read packs in order: friendlier to disks and to servers that prefetch.
-    ranges.sort_by(|a, b| (a.pack, a.start).cmp(&(b.pack, b.start)));
+    ranges.sort_by_key(|r| (r.pack, r.start));
     ranges
 }
 
