@@ -143,11 +143,11 @@ fn flipped_byte_in_a_pack_names_pack_and_file_and_restores_the_rest() {
     let repo = Repo::new();
     let src = repo.tmp.path().join("src");
     std::fs::create_dir(&src).unwrap();
-    std::fs::write(src.join("victim"), data(100_001, 1)).unwrap();
-    std::fs::write(src.join("bystander"), data(100_002, 2)).unwrap();
+    std::fs::write(src.join("victim"), data(30_001, 1)).unwrap();
+    std::fs::write(src.join("bystander"), data(30_002, 2)).unwrap();
     repo.backup_json(&[src.as_os_str()]);
 
-    let (pack, offset, length) = blob_with_raw_length(&repo, 100_001);
+    let (pack, offset, length) = blob_with_raw_length(&repo, 30_001);
     let pack_path = repo.path.join("data").join(&pack[..2]).join(&pack);
     let mut bytes = std::fs::read(&pack_path).unwrap();
     bytes[(offset + length / 2) as usize] ^= 0x40;
@@ -167,10 +167,7 @@ fn flipped_byte_in_a_pack_names_pack_and_file_and_restores_the_rest() {
     assert!(err.contains(&pack), "pack not named: {err}");
     assert!(err.contains("victim"), "file not named: {err}");
     let restored = target.join(src.strip_prefix("/").unwrap());
-    assert_eq!(
-        std::fs::read(restored.join("bystander")).unwrap(),
-        data(100_002, 2)
-    );
+    assert!(std::fs::read(restored.join("bystander")).unwrap() == data(30_002, 2));
 }
 
 #[test]

@@ -83,7 +83,7 @@ measure() { # tool step command...
   local size
   size=$(du -sb "$work/repo-$t" | cut -f1)
   printf '%s,%s,%s,%.2f,%d,%s\n' "$t" "$step" "$wall" "$(echo "$user + $sys" | bc)" $((rss / 1024)) "$size" >> "$results"
-  printf '%-9s %-10s wall %6ss  cpu %6ss  rss %5d MiB  repo %s\n' "$t" "$step" "$wall" "$(echo "$user + $sys" | bc)" $((rss / 1024)) "$(numfmt --to=iec "$size")" >&2
+  printf '%-9s %-10s wall %6ss  cpu %6ss  rss %5d MiB  repo %.1f MB\n' "$t" "$step" "$wall" "$(echo "$user + $sys" | bc)" $((rss / 1024)) "$(echo "scale=1; $size / 1000000" | bc)" >&2
 }
 
 active=()
@@ -112,9 +112,9 @@ for t in "${active[@]}"; do
 done
 
 {
-  echo "| tool | step | wall s | CPU s | peak RSS MiB | repository |"
+  echo "| tool | step | wall s | CPU s | peak RSS MiB | repository after the step |"
   echo "| --- | --- | ---: | ---: | ---: | ---: |"
   tail -n +2 "$results" | while IFS=, read -r t step wall cpu rss size; do
-    echo "| $t | $step | $wall | $cpu | $rss | $(numfmt --to=iec "$size") |"
+    echo "| $t | $step | $wall | $cpu | $rss | $(echo "scale=1; $size / 1000000" | bc) MB |"
   done
 } > "$out"

@@ -107,13 +107,13 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct InitArgs {
     /// Minimum chunk size in bytes.
-    #[arg(long, default_value_t = 256 * 1024)]
+    #[arg(long, default_value_t = cairn::format::ChunkerParams::default().min)]
     pub chunk_min: u32,
     /// Average chunk size in bytes.
-    #[arg(long, default_value_t = 1024 * 1024)]
+    #[arg(long, default_value_t = cairn::format::ChunkerParams::default().avg)]
     pub chunk_avg: u32,
     /// Maximum chunk size in bytes.
-    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, default_value_t = cairn::format::ChunkerParams::default().max)]
     pub chunk_max: u32,
     /// Target pack size in MiB.
     #[arg(long, default_value_t = 16)]
