@@ -8,7 +8,8 @@
 # the last snapshot into tmpfs. Each step: wall time, CPU time, peak RSS (GNU time), and
 # the repository size after it. All tools encrypt and use zstd level 3 (restic: its
 # "auto" = zstd default level; Borg 1.2: zstd,3). Page cache is warm for every tool alike
-# (the corpus is read once before the first tool runs).
+# (the corpus is read once before the first tool runs), and dirty pages are flushed
+# before every step.
 #
 # CAIRN_INIT_ARGS adds arguments to `cairn init` (e.g. chunk sizes).
 # Tools not installed are skipped with a note. Install: restic and borgbackup from
@@ -78,6 +79,7 @@ t_restore() {
 measure() { # tool step command...
   local t=$1 step=$2; shift 2
   local tf=$work/time.txt
+  sync  # no tool pays for another's dirty pages being written back
   /usr/bin/time -o "$tf" -f "%e %U %S %M" "$@"
   read -r wall user sys rss < "$tf"
   local size
