@@ -190,7 +190,7 @@ fn excludes_and_files_from() {
     );
     let ls = repo
         .cmd()
-        .args(["ls", "latest"])
+        .args(["ls", "--recursive", "latest"])
         .arg(&src)
         .output()
         .unwrap();

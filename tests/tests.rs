@@ -9,5 +9,6 @@ mod cache;
 mod decoders;
 mod errors;
 mod keys;
+mod restore;
 mod roundtrip;
 mod s3;

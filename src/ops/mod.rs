@@ -1,7 +1,9 @@
 //! Operations over an open repository: the library calls the commands make.
 
 pub mod backup;
+pub mod browse;
 mod command;
+pub mod dump;
 pub mod restore;
 pub mod select;
 pub mod walk;

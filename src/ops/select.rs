@@ -32,7 +32,8 @@ pub struct Selector {
     pub one_file_system: bool,
 }
 
-pub(crate) fn glob(pattern: &str, case_insensitive: bool) -> Result<Glob> {
+/// Compile one pattern with the rules of this module.
+pub fn glob(pattern: &str, case_insensitive: bool) -> Result<Glob> {
     let p = pattern.trim_end_matches('/');
     let full = if p.starts_with('/') {
         p.to_string()

@@ -96,6 +96,14 @@ pub enum Command {
     Ls(LsArgs),
     /// Restore a snapshot, or a path in it (SNAPSHOT:/path), into a directory.
     Restore(RestoreArgs),
+    /// Write a file (SNAPSHOT:/path) to stdout, or a directory as a tar stream.
+    Dump(DumpArgs),
+    /// Show what changed between two snapshots.
+    Diff(DiffArgs),
+    /// Find paths matching a glob in snapshots.
+    Find(FindArgs),
+    /// Sizes of snapshots: restore size, or distinct stored data and dedup ratio.
+    Stats(StatsArgs),
     /// Manage passwords (key files).
     #[command(subcommand)]
     Key(KeyCommand),
@@ -194,6 +202,48 @@ pub struct LsArgs {
     /// Long listing: type, mode, owner, size, time.
     #[arg(short, long)]
     pub long: bool,
+    /// With a path: list everything below it, not only its entries.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// SNAPSHOT:/path of a file or directory.
+    pub target: String,
+    /// Archive format for directories.
+    #[arg(long, default_value = "tar", value_parser = ["tar"])]
+    pub archive: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    pub old: String,
+    pub new: String,
+    /// Also list entries whose mode, owner, times or xattrs changed.
+    #[arg(long)]
+    pub metadata: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FindArgs {
+    /// Glob: `*.sql` matches names anywhere, `etcd/*.db` path ends, `/etc/**` absolute.
+    pub pattern: String,
+    /// Search only these snapshots (repeatable; default: all).
+    #[arg(short, long = "snapshot")]
+    pub snapshots: Vec<String>,
+    /// Search only snapshots of this host.
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Snapshots (default: all).
+    pub snapshots: Vec<String>,
+    /// restore-size: what a restore writes; raw-data: distinct blobs stored.
+    #[arg(long, default_value = "restore-size", value_parser = ["restore-size", "raw-data"])]
+    pub mode: String,
 }
 
 #[derive(Debug, Args)]

@@ -33,6 +33,10 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Snapshots => snapshots(g),
         Command::Ls(a) => ls(g, a),
         Command::Restore(a) => restore_cmd(g, a),
+        Command::Dump(a) => crate::browse::dump(g, a),
+        Command::Diff(a) => crate::browse::diff(g, a),
+        Command::Find(a) => crate::browse::find(g, a),
+        Command::Stats(a) => crate::browse::stats(g, a),
         Command::Key(k) => key(g, k),
         Command::Cat(c) => cat(g, c),
     }
@@ -137,7 +141,7 @@ fn open(g: &Global) -> Result<Repository> {
     Ok(Repository::open(store, pw.as_bytes(), repo_options(g))?)
 }
 
-fn open_indexed(g: &Global) -> Result<IndexedRepository> {
+pub(crate) fn open_indexed(g: &Global) -> Result<IndexedRepository> {
     let repo = open(g)?.into_indexed()?;
     for name in &repo.sync_stats().damaged {
         eprintln!("warning: index file {name} could not be read; run `cairn check`");
@@ -145,7 +149,7 @@ fn open_indexed(g: &Global) -> Result<IndexedRepository> {
     Ok(repo)
 }
 
-fn print_json(v: &impl serde::Serialize) -> Result<()> {
+pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
@@ -341,7 +345,7 @@ fn backup_cmd(g: &Global, a: BackupArgs) -> Result<u8> {
     }
 }
 
-fn local_time(t: format::Timestamp) -> String {
+pub(crate) fn local_time(t: format::Timestamp) -> String {
     t.to_datetime()
         .map(|d| {
             d.with_timezone(&chrono::Local)
@@ -446,7 +450,14 @@ fn ls(g: &Global, a: LsArgs) -> Result<u8> {
         Some(node) => {
             print(&base, &node)?;
             if let format::NodeKind::Dir { subtree } = &node.kind {
-                walk::walk(&repo, subtree, &base, &mut print)?;
+                if a.recursive {
+                    walk::walk(&repo, subtree, &base, &mut print)?;
+                } else {
+                    // One level: the directory's own entries.
+                    for n in &repo.load_tree(subtree)?.nodes {
+                        print(&base.join(std::ffi::OsStr::from_bytes(&n.name)), n)?;
+                    }
+                }
             }
         }
     }

@@ -1,5 +1,6 @@
 //! The `cairn` command. Thin: parse, call the library, print, map errors to exit codes.
 
+mod browse;
 mod cli;
 mod commands;
 mod progress;
