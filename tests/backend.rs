@@ -173,3 +173,82 @@ fn s3_errors_name_the_endpoint_and_keep_secrets() {
         .to_string();
     assert!(err.contains("access denied"), "{err}");
 }
+
+/// Lists an object that is gone by the time it is read, as when a prune deletes
+/// between a listing and a read.
+#[derive(Debug)]
+struct Vanishing(Arc<dyn Backend>);
+
+#[async_trait::async_trait]
+impl Backend for Vanishing {
+    fn location(&self) -> &str {
+        self.0.location()
+    }
+    async fn create(&self, name: &str, data: Bytes) -> cairn::Result<()> {
+        self.0.create(name, data).await
+    }
+    async fn get(&self, name: &str) -> cairn::Result<Bytes> {
+        self.0.get(name).await
+    }
+    async fn get_range(&self, name: &str, range: std::ops::Range<u64>) -> cairn::Result<Bytes> {
+        self.0.get_range(name, range).await
+    }
+    async fn head(&self, name: &str) -> cairn::Result<Option<u64>> {
+        self.0.head(name).await
+    }
+    async fn list(&self, prefix: &str) -> cairn::Result<Vec<backend::ObjectInfo>> {
+        let mut l = self.0.list(prefix).await?;
+        l.push(backend::ObjectInfo {
+            name: format!("{prefix}{}", "ab".repeat(32)),
+            size: 100,
+        });
+        Ok(l)
+    }
+    async fn delete(&self, name: &str) -> cairn::Result<()> {
+        self.0.delete(name).await
+    }
+}
+
+#[test]
+fn objects_vanishing_between_listing_and_reading_are_skipped() {
+    use cairn::ops::backup::{BackupOptions, Progress, Source, backup};
+    use cairn::repository::{InitOptions, RepoOptions, Repository};
+    let dir = tempfile::tempdir().unwrap();
+    let opts = RepoOptions {
+        cache_dir: Some(dir.path().join("cache")),
+        connections: 2,
+    };
+    let init = InitOptions {
+        kdf: cairn::crypto::kdf::KdfParams::with_cost(1024, 1, 1),
+        ..Default::default()
+    };
+    let local = backend::open(
+        dir.path().join("repo").to_str().unwrap(),
+        true,
+        &S3Options::with_defaults(),
+    )
+    .unwrap();
+    let repo = Repository::init(local.clone(), b"pw", init, opts.clone())
+        .unwrap()
+        .into_indexed()
+        .unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), b"content").unwrap();
+    backup(
+        &repo,
+        Source::Paths(vec![src]),
+        &BackupOptions::default(),
+        &Progress::default(),
+    )
+    .unwrap();
+    drop(repo);
+
+    let wrapped: Arc<dyn Backend> = Arc::new(Vanishing(local));
+    let repo = Repository::open(wrapped, b"pw", opts).unwrap();
+    assert_eq!(repo.snapshots().unwrap().len(), 1);
+    let repo = repo.into_indexed().unwrap();
+    assert!(repo.sync_stats().damaged.is_empty());
+    let (_, snap) = repo.find_snapshot("latest").unwrap();
+    assert!(repo.load_tree(&snap.tree).is_ok());
+}

@@ -237,6 +237,9 @@ impl IndexCache {
                     self.add_index_file(&id, &file)?;
                     stats.read += 1;
                 }
+                // Removed between the listing and the read (prune replaced it): its
+                // replacement is read instead.
+                Err(Error::NotFound { .. }) => {}
                 // A damaged index file must not stop restores of everything else; its
                 // blobs look absent (a backup stores them again). `check` reports it.
                 Err(e) if !matches!(e, Error::Backend { .. }) => {
