@@ -44,20 +44,8 @@ pub fn chunk_stream<R: Read>(
 mod tests {
     use super::*;
 
-    /// SplitMix64 bytes: a generator fixed here, so golden data never changes with a
-    /// dependency's version.
     pub(crate) fn seeded(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed;
-        let mut out = Vec::with_capacity(n + 8);
-        while out.len() < n {
-            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-        }
-        out.truncate(n);
-        out
+        crate::util::seeded_bytes(n, seed)
     }
 
     fn small() -> ChunkerParams {

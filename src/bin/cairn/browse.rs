@@ -78,17 +78,22 @@ pub fn diff(g: &Global, a: DiffArgs) -> Result<u8> {
     Ok(exit::OK)
 }
 
+/// The snapshots named, or all of them.
+fn chosen(
+    repo: &cairn::IndexedRepository,
+    specs: &[String],
+) -> cairn::Result<Vec<(cairn::SnapshotId, cairn::format::Snapshot)>> {
+    if specs.is_empty() {
+        repo.snapshots()
+    } else {
+        specs.iter().map(|s| repo.find_snapshot(s)).collect()
+    }
+}
+
 pub fn find(g: &Global, a: FindArgs) -> Result<u8> {
     let repo = open_indexed(g)?;
     let matcher = cairn::ops::select::glob(&a.pattern, false)?.compile_matcher();
-    let snaps = if a.snapshots.is_empty() {
-        repo.snapshots()?
-    } else {
-        a.snapshots
-            .iter()
-            .map(|s| repo.find_snapshot(s))
-            .collect::<cairn::Result<Vec<_>>>()?
-    };
+    let snaps = chosen(&repo, &a.snapshots)?;
     let mut found = Vec::new();
     let mut out = std::io::stdout().lock();
     for (id, s) in snaps
@@ -124,14 +129,7 @@ pub fn find(g: &Global, a: FindArgs) -> Result<u8> {
 
 pub fn stats(g: &Global, a: StatsArgs) -> Result<u8> {
     let repo = open_indexed(g)?;
-    let snaps = if a.snapshots.is_empty() {
-        repo.snapshots()?
-    } else {
-        a.snapshots
-            .iter()
-            .map(|s| repo.find_snapshot(s))
-            .collect::<cairn::Result<Vec<_>>>()?
-    };
+    let snaps = chosen(&repo, &a.snapshots)?;
     let roots: Vec<_> = snaps.iter().map(|(_, s)| s.tree).collect();
     let raw = a.mode == "raw-data";
     let s = browse::stats(&repo, &roots, raw)?;
