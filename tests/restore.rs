@@ -51,8 +51,16 @@ fn include_and_exclude_restore_only_what_they_name() {
         data(500_000, 2)
     );
     assert!(!inner(&t1).join("logs").exists() && !inner(&t1).join("etcd").exists());
-    // Only the packs the included files need are read: far less than the whole repository.
-    assert!(r["bytes_fetched"].as_u64().unwrap() < 4_000_000, "{r}");
+    // Only what the included files need is read (ranged reads may span small gaps):
+    // at most twice what was restored, well under the repository's 8 MB.
+    let (fetched, written) = (
+        r["bytes_fetched"].as_u64().unwrap(),
+        r["bytes_written"].as_u64().unwrap(),
+    );
+    assert!(
+        fetched <= 2 * written && fetched < repo.stored_bytes("data") * 3 / 4,
+        "{r}"
+    );
 
     let t2 = repo.tmp.path().join("t2");
     restore_json(
