@@ -52,7 +52,7 @@ fn include_and_exclude_restore_only_what_they_name() {
     );
     assert!(!inner(&t1).join("logs").exists() && !inner(&t1).join("etcd").exists());
     // Only what the included files need is read (ranged reads may span small gaps):
-    // at most twice what was restored, well under the repository's 8 MB.
+    // at most twice what was restored.
     let (fetched, written) = (
         r["bytes_fetched"].as_u64().unwrap(),
         r["bytes_written"].as_u64().unwrap(),

@@ -23,7 +23,7 @@ use crate::id::{BlobId, PackId};
 use crate::repository::IndexedRepository;
 
 /// Unneeded bytes between two wanted blobs that are still read in one request.
-const MAX_GAP: u64 = 256 << 10;
+const MAX_GAP: u64 = 32 << 10;
 /// Largest single ranged read.
 const MAX_RANGE: u64 = 4 << 20;
 /// Blob uses planned at once.
