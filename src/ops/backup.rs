@@ -171,7 +171,11 @@ pub fn backup(
     let total_bytes = ctx.total_bytes.into_inner();
     // Index what was uploaded even when the walk failed, so a rerun reuses it.
     let finished = writer.finish();
-    let (tree, paths, stream) = walked?;
+    // When both failed, the writer's error is the cause (the walk only saw uploads stop).
+    let (tree, paths, stream) = match (walked, &finished) {
+        (Err(_), Err(_)) => return Err(finished.expect_err("matched Err")),
+        (w, _) => w?,
+    };
     let stats = finished?;
 
     let mut snap = Snapshot::new(tree, paths);

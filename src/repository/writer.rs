@@ -32,6 +32,8 @@ use crate::id::{BlobId, Id, PackId};
 /// Packs per index file: a crash loses at most this many packs' worth of upload to
 /// re-do (they stay as unreferenced garbage).
 const PACKS_PER_INDEX: usize = 8;
+/// Uploaded packs wait at most this long for their index file.
+const INDEX_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a writer added to the repository.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -331,29 +333,40 @@ async fn upload_loop(
         .buffer_unordered(connections);
     let mut batch = Vec::new();
     let mut first_err = None;
-    while let Some(r) = uploads.next().await {
-        match r {
-            Ok(p) => {
-                shared.packs.fetch_add(1, Ordering::Relaxed);
-                batch.push(p);
-                if batch.len() >= PACKS_PER_INDEX {
+    // Also index what is uploaded when packs come slowly (a producer that pauses), so a
+    // failure later loses little.
+    let mut tick = tokio::time::interval(INDEX_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = uploads.next() => match r {
+                None => break,
+                Some(Ok(p)) => {
+                    shared.packs.fetch_add(1, Ordering::Relaxed);
+                    batch.push(p);
+                    if batch.len() >= PACKS_PER_INDEX {
+                        flush(&*backend, &key, level, &index, &shared, &mut batch).await?;
+                    }
+                }
+                // Index the uploads that succeeded, then report the failure.
+                Some(Err(e)) => {
+                    first_err = Some(e);
+                    break;
+                }
+            },
+            _ = tick.tick() => {
+                if !batch.is_empty() {
                     flush(&*backend, &key, level, &index, &shared, &mut batch).await?;
                 }
-            }
-            // Keep indexing the uploads that succeed, then report the first failure.
-            Err(e) => {
-                if first_err.is_none() {
-                    first_err = Some(e);
-                }
-                break;
             }
         }
     }
     drop(uploads);
-    flush(&*backend, &key, level, &index, &shared, &mut batch).await?;
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok(()),
+    let flushed = flush(&*backend, &key, level, &index, &shared, &mut batch).await;
+    // The upload's error is the cause; a failed index write after it is a consequence.
+    match (first_err, flushed) {
+        (Some(e), _) | (None, Err(e)) => Err(e),
+        (None, Ok(())) => Ok(()),
     }
 }
 
