@@ -38,6 +38,7 @@ start_rgw() {
 
 case $cmd in
 start)
+  trap 'echo "ceph-rgw.sh: failed at line $LINENO: $BASH_COMMAND" >&2; tail -n 5 "$dir"/log/*.log >&2 2>/dev/null' ERR
   install
   rm -rf "$dir"; mkdir -p "$dir"/{run,log,mon,osd/ceph-0,rgw}
   echo "$port" > "$dir/port"

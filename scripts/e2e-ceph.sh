@@ -20,8 +20,13 @@ started=$(date +%s)
 say() { echo "e2e-ceph [$(( $(date +%s) - started ))s]: $*"; }
 fail() { echo "e2e-ceph: FAILED: $*" >&2; exit 1; }
 
-env_line=$(scripts/ceph-rgw.sh start "$work/ceph" "$port" 2>"$work/ceph-start.log" | grep '^export') \
-  || fail "ceph did not start: $(tail -5 "$work/ceph-start.log")"
+start_ceph() { scripts/ceph-rgw.sh start "$work/ceph" "$port" 2>"$work/ceph-start.log" | grep '^export'; }
+if ! env_line=$(start_ceph); then
+  # A cluster that did not come up is retried once from scratch, with what it said.
+  echo "e2e-ceph: ceph did not start, retrying once: $(tail -n 8 "$work/ceph-start.log")" >&2
+  scripts/ceph-rgw.sh stop "$work/ceph" >/dev/null 2>&1 || true
+  env_line=$(start_ceph) || fail "ceph did not start: $(tail -n 15 "$work/ceph-start.log")"
+fi
 eval "$env_line"
 say "ceph up in $(( $(date +%s) - started ))s"
 export CAIRN_REPOSITORY="s3:$CAIRN_CEPH_ENDPOINT/cairn-e2e/nexus" CAIRN_PASSWORD=e2e CAIRN_CACHE_DIR="$work/cache"
