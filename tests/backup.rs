@@ -310,13 +310,7 @@ fn unreadable_file_is_named_exit_3_rest_restorable() {
         err.contains("secret") && err.contains("Permission denied"),
         "{err}"
     );
-    let target = repo.tmp.path().join("out");
-    repo.cmd()
-        .args(["restore", "latest", "--target"])
-        .arg(&target)
-        .assert()
-        .success();
-    let restored = target.join(src.strip_prefix("/").unwrap());
+    let restored = repo.restore_latest(&src);
     assert_eq!(
         std::fs::read_to_string(restored.join("readable")).unwrap(),
         "yes"
@@ -379,13 +373,7 @@ fn files_changing_during_backup_are_named_and_the_rest_restores() {
         problems.iter().any(|p| p.ends_with("growing.log")),
         "{problems:?}"
     );
-    let target = repo.tmp.path().join("out");
-    repo.cmd()
-        .args(["restore", "latest", "--target"])
-        .arg(&target)
-        .assert()
-        .success();
-    let restored = target.join(src.strip_prefix("/").unwrap());
+    let restored = repo.restore_latest(&src);
     for i in 0..40 {
         assert_eq!(
             std::fs::read(restored.join(format!("static-{i:02}"))).unwrap(),

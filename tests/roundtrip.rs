@@ -14,13 +14,7 @@ fn awkward_tree_round_trips_with_metadata() {
     let summary = repo.backup_json(&[src.as_os_str()]);
     assert_eq!(summary["complete"], true, "{summary}");
 
-    let target = repo.tmp.path().join("restore");
-    repo.cmd()
-        .args(["restore", "latest", "--target"])
-        .arg(&target)
-        .assert()
-        .success();
-    assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
+    assert_same_tree(&src, &repo.restore_latest(&src));
 
     // ls shows the odd names, byte for byte.
     let out = repo.cmd().args(["ls", "latest"]).output().unwrap();

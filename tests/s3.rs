@@ -25,9 +25,11 @@ fn std_cmd(server: &S3Server, url: &str, key: &str, tmp: &Path) -> std::process:
         .env("CAIRN_CACHE_DIR", tmp.join("cache"))
         .env("AWS_ACCESS_KEY_ID", key)
         .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        // Injected resets close one connection in three: ten retries make a run of
+        // failures that exhausts them vanishingly rare.
         .args([
             "--retries",
-            "3",
+            "10",
             "--retry-timeout",
             "5s",
             "--timeout",

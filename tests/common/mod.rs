@@ -49,6 +49,17 @@ impl Repo {
         c
     }
 
+    /// Restore `latest` into a fresh directory; returns where `src` landed in it.
+    pub fn restore_latest(&self, src: &Path) -> PathBuf {
+        let target = tempfile::tempdir_in(self.tmp.path()).unwrap().keep();
+        self.cmd()
+            .args(["restore", "latest", "--target"])
+            .arg(&target)
+            .assert()
+            .success();
+        target.join(src.strip_prefix("/").unwrap())
+    }
+
     /// Run `backup --json ARGS` and return the parsed summary.
     pub fn backup_json(&self, args: &[&OsStr]) -> serde_json::Value {
         let out = self
