@@ -141,6 +141,27 @@ pub fn backup(
     } else {
         Some(repo.announce(crate::format::LockKind::Backup)?)
     };
+    let result = run(repo, source, opts, progress, started, select, host, parent);
+    // The finished marker is written whatever happened, so prune need not wait for this
+    // backup's lock to go stale.
+    if let Some(a) = announcement {
+        a.finish();
+    }
+    result
+}
+
+/// The backup proper, between announcing it and marking it finished.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    repo: &IndexedRepository,
+    source: Source,
+    opts: &BackupOptions,
+    progress: &Progress,
+    started: Instant,
+    select: Selector,
+    host: String,
+    parent: Option<(SnapshotId, Snapshot)>,
+) -> Result<BackupResult> {
     let writer = if opts.dry_run {
         repo.dry_run_writer()
     } else {
@@ -205,9 +226,6 @@ pub fn backup(
     } else {
         Some(repo.save_snapshot(&snap)?)
     };
-    if let Some(a) = announcement {
-        a.finish();
-    }
     Ok(BackupResult {
         id,
         snapshot: snap,
