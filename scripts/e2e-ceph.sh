@@ -21,12 +21,14 @@ say() { echo "e2e-ceph [$(( $(date +%s) - started ))s]: $*"; }
 fail() { echo "e2e-ceph: FAILED: $*" >&2; exit 1; }
 
 start_ceph() { scripts/ceph-rgw.sh start "$work/ceph" "$port" 2>"$work/ceph-start.log" | grep '^export'; }
-if ! env_line=$(start_ceph); then
-  # A cluster that did not come up is retried once from scratch, with what it said.
-  echo "e2e-ceph: ceph did not start, retrying once: $(tail -n 8 "$work/ceph-start.log")" >&2
+# The memstore OSD sometimes comes up without its cluster id on the first try ("wrong
+# fsid" from the mon); a cluster that did not come up is started again from scratch.
+for attempt in 1 2 3; do
+  env_line=$(start_ceph) && break
+  echo "e2e-ceph: ceph did not start (attempt $attempt): $(grep -m1 'failed at line' "$work/ceph-start.log")" >&2
   scripts/ceph-rgw.sh stop "$work/ceph" >/dev/null 2>&1 || true
-  env_line=$(start_ceph) || fail "ceph did not start: $(tail -n 15 "$work/ceph-start.log")"
-fi
+  [ $attempt -lt 3 ] || fail "ceph did not start: $(tail -n 15 "$work/ceph-start.log")"
+done
 eval "$env_line"
 say "ceph up in $(( $(date +%s) - started ))s"
 export CAIRN_REPOSITORY="s3:$CAIRN_CEPH_ENDPOINT/cairn-e2e/nexus" CAIRN_PASSWORD=e2e CAIRN_CACHE_DIR="$work/cache"
