@@ -165,28 +165,22 @@ fn excludes_and_files_from() {
     std::fs::write(&pats, "# comment\n\ncache\n").unwrap();
     let list = repo.tmp.path().join("list");
     std::fs::write(&list, format!("{}\n", src.display())).unwrap();
-    let out = repo
-        .cmd()
-        .args([
-            "backup",
-            "--json",
-            "--exclude",
-            "logs/*.tmp",
-            "--iexclude",
-            "*.bak",
-            "--exclude-if-present",
-            ".nobackup",
-        ])
-        .arg("--exclude-file")
-        .arg(&pats)
-        .arg("--files-from")
-        .arg(&list)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::common::run_ok(
+        repo.cmd()
+            .args([
+                "backup",
+                "--json",
+                "--exclude",
+                "logs/*.tmp",
+                "--iexclude",
+                "*.bak",
+                "--exclude-if-present",
+                ".nobackup",
+            ])
+            .arg("--exclude-file")
+            .arg(&pats)
+            .arg("--files-from")
+            .arg(&list),
     );
     let ls = repo
         .cmd()

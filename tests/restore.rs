@@ -20,19 +20,13 @@ fn tree(repo: &Repo) -> PathBuf {
 }
 
 fn restore_json(repo: &Repo, args: &[&str], target: &Path) -> serde_json::Value {
-    let out = repo
-        .cmd()
-        .arg("--json")
-        .arg("restore")
-        .args(args)
-        .arg("--target")
-        .arg(target)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::common::run_ok(
+        repo.cmd()
+            .arg("--json")
+            .arg("restore")
+            .args(args)
+            .arg("--target")
+            .arg(target),
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -194,16 +188,10 @@ fn dump_file_and_directory_match_the_source() {
     assert!(out.status.success());
     assert!(out.stdout == data(3 << 20, 1));
 
-    let out = repo
-        .cmd()
-        .arg("dump")
-        .arg(format!("latest:{}/db", src.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::common::run_ok(
+        repo.cmd()
+            .arg("dump")
+            .arg(format!("latest:{}/db", src.display())),
     );
     let x = repo.tmp.path().join("untar");
     std::fs::create_dir(&x).unwrap();

@@ -54,22 +54,16 @@ fn partial_restore_of_a_sub_path() {
 fn stdin_round_trip_of_200_mib() {
     let repo = Repo::new();
     let input = data(200 << 20, 9);
-    let out = repo
-        .cmd()
-        .args([
-            "backup",
-            "--json",
-            "--stdin",
-            "--stdin-name",
-            "harbor/registry.sql",
-        ])
-        .write_stdin(input.clone())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::common::run_ok(
+        repo.cmd()
+            .args([
+                "backup",
+                "--json",
+                "--stdin",
+                "--stdin-name",
+                "harbor/registry.sql",
+            ])
+            .write_stdin(input.clone()),
     );
     let summary = crate::common::last_json_line(&out.stdout);
     assert_eq!(summary["summary"]["bytes_read"], 200u64 << 20);

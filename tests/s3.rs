@@ -73,15 +73,10 @@ fn round_trip_with_created_bucket() {
         .arg(&src)
         .assert()
         .success();
-    let out = cmd(&server, &url, "cairn-full", tmp.path())
-        .args(["backup", "--stdin", "--stdin-name", "harbor/registry.sql"])
-        .write_stdin(data(3 << 20, 5))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::common::run_ok(
+        cmd(&server, &url, "cairn-full", tmp.path())
+            .args(["backup", "--stdin", "--stdin-name", "harbor/registry.sql"])
+            .write_stdin(data(3 << 20, 5)),
     );
     let target = tmp.path().join("out");
     let snaps = cmd(&server, &url, "cairn-full", tmp.path())
@@ -204,15 +199,10 @@ fn throttling_and_resets_are_retried_and_counted() {
     tree(&src, 40, 200_000);
     server.faults.fail_every.store(4, Ordering::Relaxed);
     server.faults.reset_every.store(3, Ordering::Relaxed);
-    let out = cmd(&server, &url, "cairn-full", tmp.path())
-        .args(["backup", "--json"])
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::common::run_ok(
+        cmd(&server, &url, "cairn-full", tmp.path())
+            .args(["backup", "--json"])
+            .arg(&src),
     );
     let s = last_json_line(&out.stdout);
     assert!(server.faults.injected.load(Ordering::Relaxed) > 0);
@@ -271,15 +261,10 @@ fn server_stopped_mid_backup_then_rerun_reuses_uploads() {
         .sum();
 
     server.restart();
-    let out = cmd(&server, &url, "cairn-full", tmp.path())
-        .args(["backup", "--json"])
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::common::run_ok(
+        cmd(&server, &url, "cairn-full", tmp.path())
+            .args(["backup", "--json"])
+            .arg(&src),
     );
     let s = last_json_line(&out.stdout);
     let total_stored: u64 = server
