@@ -4,6 +4,7 @@ pub mod backup;
 pub mod browse;
 mod command;
 pub mod dump;
+pub mod forget;
 pub mod restore;
 pub mod select;
 pub mod walk;
