@@ -11,7 +11,7 @@
 //! use cairn::{backend, ops, repository::{Repository, RepoOptions, InitOptions}};
 //! let store = backend::open("/srv/backup", true, &backend::S3Options::with_defaults())?;
 //! let repo = Repository::init(store, b"secret", InitOptions::default(), RepoOptions::default())?
-//!     .into_indexed()?;
+//!     .into_indexed_announced(cairn::format::LockKind::Backup)?;
 //! let progress = ops::backup::Progress::default();
 //! let done = ops::backup::backup(
 //!     &repo,

@@ -201,6 +201,7 @@ impl Backend for Vanishing {
         l.push(backend::ObjectInfo {
             name: format!("{prefix}{}", "ab".repeat(32)),
             size: 100,
+            modified: None,
         });
         Ok(l)
     }
@@ -230,7 +231,7 @@ fn objects_vanishing_between_listing_and_reading_are_skipped() {
     .unwrap();
     let repo = Repository::init(local.clone(), b"pw", init, opts.clone())
         .unwrap()
-        .into_indexed()
+        .into_indexed_announced(cairn::format::LockKind::Backup)
         .unwrap();
     let src = dir.path().join("src");
     std::fs::create_dir(&src).unwrap();

@@ -25,6 +25,8 @@ pub use s3::{RequestStats, S3Options};
 pub struct ObjectInfo {
     pub name: String,
     pub size: u64,
+    /// When the store says it was written (its clock, not ours), where it says.
+    pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Storage contract every backend honours.

@@ -189,6 +189,7 @@ impl Backend for ObjectStoreBackend {
             .map(|m| ObjectInfo {
                 name: m.location.to_string(),
                 size: m.size,
+                modified: Some(m.last_modified),
             })
             .collect())
     }

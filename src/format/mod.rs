@@ -8,6 +8,7 @@
 
 pub(crate) mod blob;
 mod config;
+mod deletion;
 mod key;
 mod lock;
 mod pack;
@@ -16,6 +17,7 @@ mod tree;
 
 pub use blob::{BlobType, open_blob, seal_blob};
 pub use config::{CONFIG_MAGIC, ChunkerParams, Config};
+pub use deletion::Deletion;
 pub use key::KeyFile;
 pub use lock::{Lock, LockKind};
 pub use pack::{PACK_MAGIC, PACK_TRAILER_LEN, PackBlob, PackHeader, pack_header_len};
@@ -43,6 +45,7 @@ pub mod aad {
     pub const SNAPSHOT: &[u8] = b"cairn/snapshot/v1";
     pub const LOCK: &[u8] = b"cairn/lock/v1";
     pub const BLOB: &[u8] = b"cairn/blob/v1";
+    pub const DELETION: &[u8] = b"cairn/deletion/v1";
 }
 
 /// Codec byte in front of every compressed-or-not payload.
@@ -218,6 +221,7 @@ pub mod names {
     pub const INDEX: &str = "index/";
     pub const SNAPSHOTS: &str = "snapshots/";
     pub const LOCKS: &str = "locks/";
+    pub const DELETIONS: &str = "deletions/";
 
     pub fn pack(id: &PackId) -> String {
         let h = id.to_hex();
@@ -234,6 +238,9 @@ pub mod names {
     }
     pub fn lock(id: &LockId) -> String {
         format!("locks/{id}")
+    }
+    pub fn deletion(id: &crate::id::Id) -> String {
+        format!("deletions/{}", id.to_hex())
     }
 }
 

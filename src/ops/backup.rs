@@ -27,7 +27,7 @@ use crate::chunker;
 use crate::error::{Error, Result};
 use crate::format::{BlobType, Node, NodeKind, Snapshot, StreamInfo, Timestamp, Tree, Xattr};
 use crate::id::{BlobId, SnapshotId};
-use crate::repository::{BlobWriter, IndexedRepository};
+use crate::repository::{Announcement, BlobWriter, IndexedRepository, REFRESH, STALE_AFTER};
 use crate::util::NameCache;
 
 /// Bytes of chunks sealed in parallel per batch of a streamed file (a batch holds at
@@ -134,14 +134,30 @@ pub fn backup(
             .bytes_expected
             .store(p.summary.total_bytes, Ordering::Relaxed);
     }
-    // Announce the backup before reading anything: a key that may not write fails
-    // here, with nothing read and nothing stored.
+    // The backup announced itself before it loaded the index (a key that may not
+    // write failed there, with nothing read and nothing stored).
     let announcement = if opts.dry_run {
         None
     } else {
-        Some(repo.announce(crate::format::LockKind::Backup)?)
+        Some(repo.take_announcement().ok_or_else(|| {
+            Error::Config(
+                "a backup needs a repository opened with `into_indexed_announced(LockKind::Backup)`: \
+                 it must announce itself before it reads the index (docs/design.md)"
+                    .into(),
+            )
+        })?)
     };
-    let result = run(repo, source, opts, progress, started, select, host, parent);
+    let result = run(
+        repo,
+        source,
+        opts,
+        progress,
+        started,
+        select,
+        host,
+        parent,
+        announcement.as_ref(),
+    );
     // The finished marker is written whatever happened, so prune need not wait for this
     // backup's lock to go stale.
     if let Some(a) = announcement {
@@ -161,6 +177,7 @@ fn run(
     select: Selector,
     host: String,
     parent: Option<(SnapshotId, Snapshot)>,
+    announcement: Option<&Announcement>,
 ) -> Result<BackupResult> {
     let writer = if opts.dry_run {
         repo.dry_run_writer()
@@ -221,10 +238,14 @@ fn run(
     s.bytes_added = stats.bytes_added;
     s.packs_added = stats.packs;
     s.duration_ms = started.elapsed().as_millis() as u64;
-    let id = if opts.dry_run {
-        None
-    } else {
-        Some(repo.save_snapshot(&snap)?)
+    let id = match announcement {
+        None => None,
+        Some(a) => {
+            // A backup whose lock went unrefreshed long enough to look dead to prune
+            // may reference packs prune has since removed: it stops before the snapshot.
+            a.check_fresh(STALE_AFTER - REFRESH)?;
+            Some(repo.save_snapshot(&snap)?)
+        }
     };
     Ok(BackupResult {
         id,

@@ -5,6 +5,7 @@ pub mod browse;
 mod command;
 pub mod dump;
 pub mod forget;
+pub mod prune;
 pub mod restore;
 pub mod select;
 pub mod walk;

@@ -12,7 +12,7 @@ mod writer;
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -24,11 +24,11 @@ use crate::format::{
     self, BlobType, CONFIG_MAGIC, ChunkerParams, Config, IndexFile, KeyFile, Snapshot, Tree, aad,
     names,
 };
-use crate::id::{BlobId, IndexId, KeyId, SnapshotId};
+use crate::id::{BlobId, IndexId, KeyId, PackId, SnapshotId};
 
 pub use index::{BlobLocation, IndexCache, SyncStats};
 pub use keys::KeyInfo;
-pub use lock::{Announcement, REFRESH};
+pub use lock::{Announcement, Locks, OpState, OpStatus, REFRESH, STALE_AFTER};
 pub use writer::{BlobWriter, WriteStats};
 
 /// Settings of this process (not of the repository).
@@ -286,6 +286,19 @@ impl Repository {
     /// Load every snapshot, sorted by time (oldest first). Unreadable snapshot objects
     /// are reported and skipped so one damaged object does not hide all the others.
     pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        let (good, bad) = self.snapshots_and_damage()?;
+        for (name, e) in bad {
+            tracing::warn!("skipping {name}: {e}");
+        }
+        Ok(good)
+    }
+
+    /// Every snapshot that opens (sorted by time), and the objects in `snapshots/` that
+    /// do not, with why.
+    #[allow(clippy::type_complexity)]
+    pub fn snapshots_and_damage(
+        &self,
+    ) -> Result<(Vec<(SnapshotId, Snapshot)>, Vec<(String, Error)>)> {
         use futures::StreamExt;
         let list = self.block_on(self.backend.list(names::SNAPSHOTS))?;
         let ids: Vec<SnapshotId> = list
@@ -299,15 +312,77 @@ impl Repository {
                 .collect(),
         );
         let mut out = Vec::new();
+        let mut damaged = Vec::new();
         for (id, bytes) in results {
             match bytes.and_then(|b| self.open_snapshot(&id, &b)) {
                 Ok(s) => out.push((id, s)),
                 Err(Error::NotFound { .. }) => {} // removed since the listing
-                Err(e) => tracing::warn!("skipping snapshot {id}: {e}"),
+                Err(e @ Error::Backend { .. }) => return Err(e),
+                Err(e) => damaged.push((names::snapshot(&id), e)),
             }
         }
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
-        Ok(out)
+        Ok((out, damaged))
+    }
+
+    /// Read every index file from the store (not the cache), `parallel` at a time.
+    /// Files removed since the listing are skipped; damaged ones are returned apart.
+    #[allow(clippy::type_complexity)]
+    pub fn read_index_files(&self) -> Result<(Vec<(IndexId, IndexFile)>, Vec<(String, Error)>)> {
+        use futures::StreamExt;
+        let listed: Vec<IndexId> = self
+            .block_on(self.backend.list(names::INDEX))?
+            .iter()
+            .filter_map(|o| o.name.rsplit('/').next()?.parse().ok())
+            .collect();
+        let fetched: Vec<_> = self.block_on(
+            futures::stream::iter(listed)
+                .map(|id| async move {
+                    let name = names::index(&id);
+                    (id, self.backend.get(&name).await)
+                })
+                .buffer_unordered(self.opts.connections.max(1) * 2)
+                .collect(),
+        );
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for (id, bytes) in fetched {
+            let name = names::index(&id);
+            match bytes
+                .and_then(|b| format::open_object::<IndexFile>(&self.key, aad::INDEX, &name, &b))
+            {
+                Ok(f) => good.push((id, f)),
+                Err(Error::NotFound { .. }) => {}
+                Err(e @ Error::Backend { .. }) => return Err(e),
+                Err(e) => bad.push((name, e)),
+            }
+        }
+        good.sort_by_key(|(id, _)| *id);
+        Ok((good, bad))
+    }
+
+    /// Read a pack's header from its tail (two range requests), for a pack of `size`
+    /// bytes that may be in no index.
+    pub async fn read_pack_header(&self, pack: &PackId, size: u64) -> Result<format::PackHeader> {
+        let name = names::pack(pack);
+        let trailer_len = format::PACK_TRAILER_LEN as u64;
+        if size < trailer_len {
+            return Err(Error::integrity(
+                &name,
+                format!("only {size} bytes: truncated"),
+            ));
+        }
+        let trailer = self
+            .backend
+            .get_range(&name, size - trailer_len..size)
+            .await?;
+        let hlen = format::pack_header_len(pack, size, &trailer)? as u64;
+        let start = size - trailer_len - hlen;
+        let sealed = self
+            .backend
+            .get_range(&name, start..size - trailer_len)
+            .await?;
+        format::PackHeader::open(&self.key, pack, &sealed, start)
     }
 
     fn open_snapshot(&self, id: &SnapshotId, bytes: &[u8]) -> Result<Snapshot> {
@@ -359,6 +434,22 @@ impl Repository {
         }
     }
 
+    /// Remove a snapshot object (forget). Its data stays until a prune.
+    pub fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
+        self.block_on(self.backend.delete(&names::snapshot(id)))
+    }
+
+    /// Replace a snapshot by a changed copy (snapshots are never changed in place): write
+    /// the copy, naming the first version in `original`, then remove the old object.
+    pub fn replace_snapshot(&self, id: &SnapshotId, mut snap: Snapshot) -> Result<SnapshotId> {
+        snap.original = Some(snap.original.unwrap_or(*id));
+        let new = self.save_snapshot(&snap)?;
+        if new != *id {
+            self.delete_snapshot(id)?;
+        }
+        Ok(new)
+    }
+
     /// Write a snapshot object (the last write of a backup).
     pub fn save_snapshot(&self, snap: &Snapshot) -> Result<SnapshotId> {
         let bytes = format::seal_object(&self.key, aad::SNAPSHOT, self.config.compression, snap);
@@ -391,7 +482,19 @@ impl Repository {
             index,
             sync: stats,
             tree_packs: Default::default(),
+            announcement: Mutex::new(None),
+            resync: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Announce an operation with a lock object, then load the index. A backup must
+    /// open the repository this way: prune's protocol relies on every backup that can
+    /// have seen an index entry having announced itself before it read the index.
+    pub fn into_indexed_announced(self, kind: format::LockKind) -> Result<IndexedRepository> {
+        let announcement = self.announce(kind)?;
+        let repo = self.into_indexed()?;
+        *repo.announcement.lock().expect("announcement") = Some(announcement);
+        Ok(repo)
     }
 }
 
@@ -425,6 +528,8 @@ pub struct IndexedRepository {
     index: Arc<IndexCache>,
     sync: SyncStats,
     tree_packs: tree_cache::TreePackCache,
+    announcement: Mutex<Option<Announcement>>,
+    resync: tokio::sync::Mutex<()>,
 }
 
 impl std::ops::Deref for IndexedRepository {
@@ -439,6 +544,11 @@ impl IndexedRepository {
         &self.index
     }
 
+    /// The announcement made by [`Repository::into_indexed_announced`], once.
+    pub fn take_announcement(&self) -> Option<Announcement> {
+        self.announcement.lock().expect("announcement").take()
+    }
+
     /// What the index sync at open found (damaged index files, for example).
     pub fn sync_stats(&self) -> &SyncStats {
         &self.sync
@@ -451,9 +561,31 @@ impl IndexedRepository {
         })
     }
 
+    /// Bring the index cache in step with `index/` again, after a pack the index named
+    /// was not found: a prune running beside this reader moved the blob to a new pack
+    /// and removed the old one. Concurrent callers wait for one sync.
+    pub async fn resync_index(&self) -> Result<()> {
+        let _one = self.resync.lock().await;
+        tracing::info!("a pack is gone (a prune ran); reading the index again");
+        let stats = self.index.sync(self.backend().as_ref(), self.key()).await?;
+        tracing::debug!("resync: {} index files read", stats.read);
+        Ok(())
+    }
+
     /// Fetch a blob's sealed bytes by range and open them (authenticated and checked
-    /// against its id: invariant 4).
+    /// against its id: invariant 4). When its pack is gone, reads the index again once
+    /// (a concurrent prune moved it) before giving up.
     pub async fn read_blob_async(&self, ty: BlobType, id: &BlobId) -> Result<Vec<u8>> {
+        match self.read_blob_once(ty, id).await {
+            Err(Error::NotFound { .. }) => {
+                self.resync_index().await?;
+                self.read_blob_once(ty, id).await
+            }
+            r => r,
+        }
+    }
+
+    async fn read_blob_once(&self, ty: BlobType, id: &BlobId) -> Result<Vec<u8>> {
         let loc = self.locate(ty, id)?;
         let name = names::pack(&loc.pack);
         let sealed = self
@@ -473,8 +605,19 @@ impl IndexedRepository {
         self.block_on(self.read_blob_async(ty, id))
     }
 
-    /// Read and decode a tree, through the cache of whole tree packs.
+    /// Read and decode a tree, through the cache of whole tree packs. Like
+    /// [`IndexedRepository::read_blob_async`], survives a concurrent prune moving it.
     pub fn load_tree(&self, id: &BlobId) -> Result<Tree> {
+        match self.load_tree_once(id) {
+            Err(Error::NotFound { .. }) => {
+                self.block_on(self.resync_index())?;
+                self.load_tree_once(id)
+            }
+            r => r,
+        }
+    }
+
+    fn load_tree_once(&self, id: &BlobId) -> Result<Tree> {
         let loc = self.locate(BlobType::Tree, id)?;
         let end = loc.offset + loc.length as u64;
         let pack = match self.tree_packs.get(&loc.pack) {
@@ -516,11 +659,16 @@ impl IndexedRepository {
 
     /// A writer for new blobs (one per backup).
     pub fn writer(&self) -> BlobWriter<'_> {
-        BlobWriter::new(self, false)
+        BlobWriter::new(self, false, false)
+    }
+
+    /// A writer for prune's repacking: it also returns the index files it wrote.
+    pub fn repack_writer(&self) -> BlobWriter<'_> {
+        BlobWriter::new(self, false, true)
     }
 
     /// A writer that counts what would be stored and stores nothing (`--dry-run`).
     pub fn dry_run_writer(&self) -> BlobWriter<'_> {
-        BlobWriter::new(self, true)
+        BlobWriter::new(self, true, false)
     }
 }

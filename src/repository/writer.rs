@@ -27,7 +27,7 @@ use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::format::blob::seal_blob_with_id;
 use crate::format::{BlobType, IndexFile, IndexPack, PackBlob, PackHeader, names};
-use crate::id::{BlobId, Id, PackId};
+use crate::id::{BlobId, Id, IndexId, PackId};
 
 /// Packs per index file: a crash loses at most this many packs' worth of upload to
 /// re-do (they stay as unreferenced garbage).
@@ -52,6 +52,10 @@ struct Shared {
     tree_blobs: AtomicU64,
     bytes_added: AtomicU64,
     packs: AtomicU64,
+    /// Keep the index files written in `index_files` (prune's repacking needs them; a
+    /// backup must not, or its memory would grow with its size).
+    record_index: bool,
+    index_files: Mutex<Vec<(IndexId, IndexFile)>>,
 }
 
 struct FinishedPack {
@@ -143,8 +147,11 @@ fn slot(ty: BlobType) -> usize {
 }
 
 impl<'r> BlobWriter<'r> {
-    pub(super) fn new(repo: &'r IndexedRepository, dry_run: bool) -> Self {
-        let shared = Arc::new(Shared::default());
+    pub(super) fn new(repo: &'r IndexedRepository, dry_run: bool, record_index: bool) -> Self {
+        let shared = Arc::new(Shared {
+            record_index,
+            ..Default::default()
+        });
         let (tx, rx) = mpsc::channel(1);
         let uploader = repo.runtime().spawn(upload_loop(
             repo.backend().clone(),
@@ -228,6 +235,48 @@ impl<'r> BlobWriter<'r> {
         Ok((id, true))
     }
 
+    /// Store an already sealed blob as it is (prune's repacking: the sealed bytes do not
+    /// depend on where they lie). The caller has opened and checked it. Deduplicates
+    /// only against this writer's own blobs, since the blob is indexed in its old pack.
+    pub fn add_sealed(
+        &self,
+        ty: BlobType,
+        id: BlobId,
+        sealed: &[u8],
+        raw_length: usize,
+    ) -> Result<()> {
+        if !self
+            .shared
+            .pending
+            .lock()
+            .expect("pending")
+            .insert((ty, id))
+        {
+            return Ok(());
+        }
+        match ty {
+            BlobType::Data => &self.shared.data_blobs,
+            BlobType::Tree => &self.shared.tree_blobs,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .bytes_added
+            .fetch_add(sealed.len() as u64, Ordering::Relaxed);
+        let full = {
+            let mut p = self.packers[slot(ty)].lock().expect("packer");
+            p.add(&self.staging, ty, id, sealed, raw_length)?;
+            if p.len >= self.repo.config().pack_size as u64 {
+                Some(p.take(self.repo.key())?)
+            } else {
+                None
+            }
+        };
+        if let Some(pack) = full {
+            self.send(pack)?;
+        }
+        Ok(())
+    }
+
     fn send(&self, pack: FinishedPack) -> Result<()> {
         let tx = self.tx.as_ref().expect("writer not finished");
         tx.blocking_send(pack).map_err(|_| Error::Backend {
@@ -248,7 +297,13 @@ impl<'r> BlobWriter<'r> {
 
     /// Upload what is left, write the last index file, and wait for all of it. Also call
     /// this after a failed backup: what was uploaded gets indexed, so a rerun reuses it.
-    pub fn finish(mut self) -> Result<WriteStats> {
+    pub fn finish(self) -> Result<WriteStats> {
+        self.finish_indexed().map(|(s, _)| s)
+    }
+
+    /// Like [`BlobWriter::finish`], also returning the index files written (by a writer
+    /// from [`IndexedRepository::repack_writer`]; empty otherwise).
+    pub fn finish_indexed(mut self) -> Result<(WriteStats, Vec<(IndexId, IndexFile)>)> {
         let mut send_err = None;
         for p in &self.packers {
             let pack = {
@@ -287,7 +342,8 @@ impl<'r> BlobWriter<'r> {
         if let Some(e) = send_err {
             return Err(e);
         }
-        Ok(self.stats())
+        let files = std::mem::take(&mut *self.shared.index_files.lock().expect("index files"));
+        Ok((self.stats(), files))
     }
 }
 
@@ -389,6 +445,13 @@ async fn flush(
         for b in &p.blobs {
             pending.remove(&(b.ty, b.id));
         }
+    }
+    if shared.record_index {
+        shared
+            .index_files
+            .lock()
+            .expect("index files")
+            .push((id, file));
     }
     Ok(())
 }

@@ -110,6 +110,22 @@ pub enum Command {
     /// Print a decrypted repository object, for debugging.
     #[command(subcommand)]
     Cat(CatCommand),
+    /// Remove snapshots by a keep policy (or by id); `--prune` frees their space.
+    Forget(Box<ForgetArgs>),
+    /// Remove data no snapshot needs; safe beside running backups.
+    Prune {
+        /// Print the plan; change nothing.
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+        #[command(flatten)]
+        args: PruneArgs,
+    },
+    /// Mark snapshots so that no forget policy removes them.
+    Protect(ProtectArgs),
+    /// Remove the protection of snapshots.
+    Unprotect(ProtectArgs),
+    /// Remove lock objects of operations that ended or went stale.
+    Unlock(UnlockArgs),
 }
 
 #[derive(Debug, Args)]
@@ -305,4 +321,118 @@ pub enum CatCommand {
     Blob { id: String },
     /// A key file's public part.
     Key { id: String },
+}
+
+/// Lock handling shared by the commands that wait for or judge locks.
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// Ignore locks not refreshed for this long (running operations refresh every 5
+    /// minutes).
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub stale_lock_timeout: std::time::Duration,
+    /// When another prune runs, wait up to this long for it instead of failing (exit 11).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub retry_lock: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Unused space to tolerate: a percentage of the repository, a size (500MiB), or
+    /// `unlimited`. Partly used packs are repacked only above it.
+    #[arg(long, default_value = "5%")]
+    pub max_unused: String,
+    /// Repack at most this much per run (e.g. 10GiB).
+    #[arg(long)]
+    pub max_repack: Option<String>,
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// Snapshots to forget by id, instead of a policy.
+    pub snapshots: Vec<String>,
+    /// Keep the N newest snapshots.
+    #[arg(short = 'l', long, default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the N newest hours.
+    #[arg(short = 'H', long, default_value_t = 0)]
+    pub keep_hourly: u32,
+    /// Keep the newest snapshot of each of the N newest days.
+    #[arg(short = 'd', long, default_value_t = 0)]
+    pub keep_daily: u32,
+    /// Keep the newest snapshot of each of the N newest ISO weeks.
+    #[arg(short = 'w', long, default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// Keep the newest snapshot of each of the N newest months.
+    #[arg(short = 'm', long, default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// Keep the newest snapshot of each of the N newest years.
+    #[arg(short = 'y', long, default_value_t = 0)]
+    pub keep_yearly: u32,
+    /// Keep everything younger than this (e.g. 7d, 2w, 1y), counted back from the
+    /// group's newest snapshot; also keeps the newest complete snapshot before it.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub keep_within: Option<std::time::Duration>,
+    /// Keep the newest snapshot of each hour within this window.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub keep_within_hourly: Option<std::time::Duration>,
+    /// Keep the newest snapshot of each day within this window.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub keep_within_daily: Option<std::time::Duration>,
+    /// Keep the newest snapshot of each week within this window.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub keep_within_weekly: Option<std::time::Duration>,
+    /// Keep the newest snapshot of each month within this window.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub keep_within_monthly: Option<std::time::Duration>,
+    /// Keep the newest snapshot of each year within this window.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub keep_within_yearly: Option<std::time::Duration>,
+    /// Keep snapshots carrying these tags (comma: all of them; repeat: any set).
+    #[arg(long)]
+    pub keep_tag: Vec<String>,
+    /// Allow a policy that keeps nothing (every unprotected snapshot of the selection goes).
+    #[arg(long)]
+    pub keep_none: bool,
+    /// Group snapshots by these fields before applying the policy.
+    #[arg(short = 'g', long, default_value = "host,paths")]
+    pub group_by: String,
+    /// Only snapshots of this host (repeatable).
+    #[arg(long)]
+    pub host: Vec<String>,
+    /// Only snapshots with these tags (comma: all of them; repeat: any set).
+    #[arg(long)]
+    pub tag: Vec<String>,
+    /// Only snapshots of this path (repeatable; a snapshot must have all given paths).
+    #[arg(long)]
+    pub path: Vec<String>,
+    /// Days, weeks, ... in UTC instead of the local time zone.
+    #[arg(long)]
+    pub utc: bool,
+    /// Print what would be kept and removed, and why; remove nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Prune afterwards.
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub prune_args: PruneArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ProtectArgs {
+    /// Snapshots (ids, unique prefixes, or `latest`).
+    #[arg(required = true)]
+    pub snapshots: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// Remove every lock object, also of operations that look alive. Only when no cairn
+    /// process works on this repository.
+    #[arg(long)]
+    pub remove_all: bool,
+    #[command(flatten)]
+    pub lock: LockArgs,
 }

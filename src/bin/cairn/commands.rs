@@ -39,6 +39,11 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Stats(a) => crate::browse::stats(g, a),
         Command::Key(k) => key(g, k),
         Command::Cat(c) => cat(g, c),
+        Command::Forget(a) => crate::retention::forget(g, *a),
+        Command::Prune { dry_run, args } => crate::retention::prune_cmd(g, dry_run, &args),
+        Command::Protect(a) => crate::retention::protect(g, a, true),
+        Command::Unprotect(a) => crate::retention::protect(g, a, false),
+        Command::Unlock(a) => crate::retention::unlock(g, a),
     }
 }
 
@@ -134,7 +139,7 @@ fn s3_options(g: &Global) -> Result<S3Options> {
     })
 }
 
-fn open(g: &Global) -> Result<Repository> {
+pub(crate) fn open(g: &Global) -> Result<Repository> {
     let url = repo_url(g)?;
     let store = backend::open(url, false, &s3_options(g)?)?;
     let pw = password(g, false)?;
@@ -142,7 +147,18 @@ fn open(g: &Global) -> Result<Repository> {
 }
 
 pub(crate) fn open_indexed(g: &Global) -> Result<IndexedRepository> {
-    let repo = open(g)?.into_indexed()?;
+    announced(open(g)?, None)
+}
+
+/// Load the index, announcing the operation first when it has a `kind` of lock.
+pub(crate) fn announced(
+    repo: cairn::Repository,
+    kind: Option<cairn::format::LockKind>,
+) -> Result<IndexedRepository> {
+    let repo = match kind {
+        Some(k) => repo.into_indexed_announced(k)?,
+        None => repo.into_indexed()?,
+    };
     for name in &repo.sync_stats().damaged {
         eprintln!("warning: index file {name} could not be read; run `cairn check`");
     }
@@ -290,7 +306,8 @@ fn backup_source(a: &BackupArgs) -> Result<Source> {
 
 fn backup_cmd(g: &Global, a: BackupArgs) -> Result<u8> {
     let source = backup_source(&a)?;
-    let repo = open_indexed(g)?;
+    let kind = (!a.dry_run).then_some(cairn::format::LockKind::Backup);
+    let repo = announced(open(g)?, kind)?;
     let opts = backup_options(g, &a, &repo)?;
     let progress = std::sync::Arc::new(Progress::default());
     let reporter = crate::progress::Reporter::start(progress.clone(), g.json, g.quiet);

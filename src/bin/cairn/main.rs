@@ -4,6 +4,7 @@ mod browse;
 mod cli;
 mod commands;
 mod progress;
+mod retention;
 
 use std::process::ExitCode;
 

@@ -122,7 +122,7 @@ fn combined_rules_keep_the_union_with_every_reason() {
     );
     let removed = d.iter().filter(|d| !d.keep).count();
     assert_eq!(removed, y.len() - 20);
-    assert!(d.iter().all(|d| d.keep == !d.reasons.is_empty()));
+    assert!(d.iter().all(|d| d.keep != d.reasons.is_empty()));
 }
 
 #[test]

@@ -180,6 +180,13 @@ fn execute(
                 let fetched = repo.backend().get_range(&name, r.start..r.end).await;
                 let bytes = match fetched {
                     Ok(b) => b,
+                    // A prune beside us moved these blobs: fetch each where it is now.
+                    Err(Error::NotFound { .. }) => {
+                        for (j, message) in refetch(repo, r, files, stats).await {
+                            report(j, message);
+                        }
+                        return;
+                    }
                     Err(e) => {
                         for w in &r.wants {
                             for (j, _) in &w.targets {
@@ -205,6 +212,66 @@ fn execute(
             .buffer_unordered(conns)
             .collect::<()>(),
     );
+}
+
+/// Fetch the blobs of a range whose pack is gone from where the re-read index places
+/// them, one by one, and write them. Returns the problems, per job.
+async fn refetch(
+    repo: &IndexedRepository,
+    r: Range,
+    files: &Arc<Vec<(PathBuf, bool)>>,
+    stats: &ContentStats,
+) -> Vec<(usize, String)> {
+    let mut errors = Vec::new();
+    if let Err(e) = repo.resync_index().await {
+        for w in &r.wants {
+            errors.extend(
+                w.targets
+                    .iter()
+                    .map(|(j, _)| (*j, format!("{e} (blob {})", w.id))),
+            );
+        }
+        return errors;
+    }
+    for mut w in r.wants {
+        let fetched = async {
+            let loc = repo.locate(BlobType::Data, &w.id)?;
+            let name = names::pack(&loc.pack);
+            let end = loc.offset + loc.length as u64;
+            let bytes = repo.backend().get_range(&name, loc.offset..end).await?;
+            Ok::<_, Error>((loc, name, bytes))
+        }
+        .await;
+        let (loc, name, bytes) = match fetched {
+            Ok(f) => f,
+            Err(e) => {
+                errors.extend(
+                    w.targets
+                        .iter()
+                        .map(|(j, _)| (*j, format!("{e} (blob {})", w.id))),
+                );
+                continue;
+            }
+        };
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        stats
+            .bytes_fetched
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        (w.offset, w.length, w.raw_length) = (loc.offset, loc.length, loc.raw_length);
+        let one = Range {
+            pack: loc.pack,
+            start: loc.offset,
+            end: loc.offset + loc.length as u64,
+            wants: vec![w],
+        };
+        let (key, files) = (repo.key().clone(), files.clone());
+        let (errs, written, blobs) =
+            on_rayon(move || write_range(&key, &name, one, &bytes, &files)).await;
+        stats.bytes_written.fetch_add(written, Ordering::Relaxed);
+        stats.blobs.fetch_add(blobs, Ordering::Relaxed);
+        errors.extend(errs);
+    }
+    errors
 }
 
 /// Open the blobs of one fetched range and write them to their files.

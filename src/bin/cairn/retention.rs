@@ -1,0 +1,376 @@
+//! forget, prune, protect, unprotect, unlock.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
+use cairn::format::{LockKind, Snapshot};
+use cairn::id::SnapshotId;
+use cairn::ops::forget::{self, Candidate, Decision, GroupBy, KeepPolicy, Period};
+use cairn::ops::prune::{self, MaxUnused, PruneOptions, PruneReport};
+use cairn::repository::{OpState, Repository};
+use cairn::util::human_bytes;
+use serde::Serialize;
+
+use crate::cli::{ForgetArgs, Global, LockArgs, ProtectArgs, PruneArgs, UnlockArgs};
+use crate::commands::{local_time, open, print_json};
+use crate::exit;
+
+fn policy(a: &ForgetArgs) -> KeepPolicy {
+    let mut p = KeepPolicy {
+        last: a.keep_last,
+        within: a.keep_within,
+        tags: a
+            .keep_tag
+            .iter()
+            .map(|t| t.split(',').map(|s| s.trim().to_string()).collect())
+            .collect(),
+        ..Default::default()
+    };
+    for (period, n) in [
+        (Period::Hourly, a.keep_hourly),
+        (Period::Daily, a.keep_daily),
+        (Period::Weekly, a.keep_weekly),
+        (Period::Monthly, a.keep_monthly),
+        (Period::Yearly, a.keep_yearly),
+    ] {
+        if n > 0 {
+            p.counts.insert(period, n);
+        }
+    }
+    for (period, d) in [
+        (Period::Hourly, a.keep_within_hourly),
+        (Period::Daily, a.keep_within_daily),
+        (Period::Weekly, a.keep_within_weekly),
+        (Period::Monthly, a.keep_within_monthly),
+        (Period::Yearly, a.keep_within_yearly),
+    ] {
+        if let Some(d) = d {
+            p.within_periods.insert(period, d);
+        }
+    }
+    p
+}
+
+/// Does a snapshot pass the --host/--tag/--path filters?
+fn selected(a: &ForgetArgs, s: &Snapshot) -> bool {
+    (a.host.is_empty() || a.host.contains(&s.host))
+        && (a.tag.is_empty()
+            || a.tag
+                .iter()
+                .any(|set| set.split(',').all(|t| s.tags.iter().any(|x| x == t.trim()))))
+        && a.path.iter().all(|p| s.paths.contains(p))
+}
+
+pub(crate) fn prune_options(a: &PruneArgs, dry_run: bool) -> Result<PruneOptions> {
+    Ok(PruneOptions {
+        max_unused: a.max_unused.parse::<MaxUnused>()?,
+        max_repack: a
+            .max_repack
+            .as_deref()
+            .map(prune::parse_size)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--max-repack: {e}"))?,
+        dry_run,
+        stale_after: a.lock.stale_lock_timeout,
+        retry_lock: a.lock.retry_lock,
+    })
+}
+
+#[derive(Serialize)]
+struct Entry<'a> {
+    id: SnapshotId,
+    time: String,
+    complete: bool,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    reasons: &'a [String],
+}
+
+#[derive(Serialize)]
+struct GroupOut<'a> {
+    group: &'a forget::GroupKey,
+    keep: Vec<Entry<'a>>,
+    remove: Vec<Entry<'a>>,
+}
+
+pub fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
+    let policy = policy(&a);
+    if !a.snapshots.is_empty() && !policy.is_empty() {
+        bail!("give snapshot ids or a keep policy, not both");
+    }
+    if a.snapshots.is_empty() && policy.is_empty() && !a.keep_none {
+        bail!(
+            "this policy keeps nothing: give --keep-last/--keep-daily/--keep-within/... or, to \
+             remove every unprotected snapshot of the selection, --keep-none"
+        );
+    }
+    let prune_opts = prune_options(&a.prune_args, a.dry_run)?;
+    let by: GroupBy = a.group_by.parse()?;
+    let repo = open(g)?;
+
+    let mut remove: Vec<SnapshotId> = Vec::new();
+    if !a.snapshots.is_empty() {
+        for spec in &a.snapshots {
+            let (id, s) = repo.find_snapshot(spec)?;
+            if s.protected {
+                bail!(
+                    "snapshot {} is protected; `cairn unprotect {}` first",
+                    id.short(),
+                    id.short()
+                );
+            }
+            remove.push(id);
+        }
+        if !g.quiet && !g.json {
+            for id in &remove {
+                println!(
+                    "{} {}",
+                    if a.dry_run { "would remove" } else { "remove" },
+                    id.short()
+                );
+            }
+        }
+    } else {
+        let snaps: Vec<_> = repo
+            .snapshots()?
+            .into_iter()
+            .filter(|(_, s)| selected(&a, s))
+            .collect();
+        let groups = forget::group(snaps, by);
+        let mut out = Vec::new();
+        let mut decided: Vec<(
+            forget::GroupKey,
+            Vec<Decision>,
+            BTreeMap<SnapshotId, Snapshot>,
+        )> = Vec::new();
+        for (key, members) in groups {
+            let cands: Vec<Candidate> = members
+                .iter()
+                .map(|(id, s)| Candidate::of(*id, s))
+                .collect();
+            let decisions = if a.utc {
+                forget::apply(&cands, &policy, &chrono::Utc)
+            } else {
+                forget::apply(&cands, &policy, &chrono::Local)
+            };
+            decided.push((key, decisions, members.into_iter().collect()));
+        }
+        for (key, decisions, members) in &decided {
+            let entry = |d: &'_ Decision| {
+                let s = &members[&d.id];
+                Entry {
+                    id: d.id,
+                    time: local_time(s.time),
+                    complete: s.complete,
+                    reasons: &[],
+                }
+            };
+            let keep: Vec<Entry> = decisions
+                .iter()
+                .filter(|d| d.keep)
+                .map(|d| Entry {
+                    reasons: &d.reasons,
+                    ..entry(d)
+                })
+                .collect();
+            let gone: Vec<Entry> = decisions.iter().filter(|d| !d.keep).map(entry).collect();
+            remove.extend(gone.iter().map(|e| e.id));
+            out.push(GroupOut {
+                group: key,
+                keep,
+                remove: gone,
+            });
+        }
+        if g.json {
+            print_json(&out)?;
+        } else if !g.quiet {
+            for grp in &out {
+                println!(
+                    "{}: keep {}, {} {}",
+                    grp.group,
+                    grp.keep.len(),
+                    if a.dry_run { "would remove" } else { "remove" },
+                    grp.remove.len()
+                );
+                for e in &grp.keep {
+                    println!(
+                        "  keep    {}  {}{}  {}",
+                        e.id.short(),
+                        e.time,
+                        if e.complete { "" } else { " (incomplete)" },
+                        e.reasons.join(", ")
+                    );
+                }
+                for e in &grp.remove {
+                    println!(
+                        "  remove  {}  {}{}",
+                        e.id.short(),
+                        e.time,
+                        if e.complete { "" } else { " (incomplete)" }
+                    );
+                }
+            }
+        }
+    }
+    if !a.dry_run {
+        for id in &remove {
+            repo.delete_snapshot(id)?;
+        }
+        if !g.quiet && !g.json && !remove.is_empty() {
+            println!("removed {} snapshots", remove.len());
+        }
+    }
+    if a.prune {
+        let report = prune::prune(repo, &prune_opts)?;
+        print_prune(g, &report)?;
+    }
+    Ok(exit::OK)
+}
+
+pub fn prune_cmd(g: &Global, dry_run: bool, a: &PruneArgs) -> Result<u8> {
+    let opts = prune_options(a, dry_run)?;
+    let repo = open(g)?;
+    let report = prune::prune(repo, &opts)?;
+    print_prune(g, &report)?;
+    Ok(exit::OK)
+}
+
+fn print_prune(g: &Global, r: &PruneReport) -> Result<()> {
+    if g.json {
+        return print_json(r);
+    }
+    for s in &r.stale_locks {
+        eprintln!("warning: ignored stale lock: {s}");
+    }
+    if g.quiet {
+        return Ok(());
+    }
+    let would = if r.dry_run { "would " } else { "" };
+    println!(
+        "{} snapshots use {} blobs: {} used, {} unused in {} packs ({})",
+        r.snapshots,
+        r.used_blobs,
+        human_bytes(r.used_bytes),
+        human_bytes(r.unused_bytes),
+        r.packs,
+        human_bytes(r.pack_bytes)
+    );
+    println!(
+        "{would}delete {} unused packs ({}), {would}repack {} packs (download {}, upload {}), \
+         {} packs in no index ({})",
+        r.delete_packs.len(),
+        human_bytes(r.delete_bytes),
+        r.repack_packs.len(),
+        human_bytes(r.repack_download_bytes),
+        human_bytes(r.repack_upload_bytes),
+        r.unindexed_packs.len(),
+        human_bytes(r.unindexed_bytes),
+    );
+    println!(
+        "unused space left: {}; index files {} -> {}",
+        human_bytes(r.unused_bytes_after),
+        r.index_files_before,
+        r.index_files_after
+    );
+    if !r.dry_run {
+        println!(
+            "removed {} packs, freed {}{}{}",
+            r.packs_removed,
+            human_bytes(r.bytes_freed),
+            if r.packs_restored > 0 {
+                format!(", put {} packs back into the index", r.packs_restored)
+            } else {
+                String::new()
+            },
+            if r.lock_objects_removed > 0 {
+                format!(", removed {} old lock objects", r.lock_objects_removed)
+            } else {
+                String::new()
+            }
+        );
+    }
+    for w in &r.waiting {
+        println!("waiting: {w}");
+    }
+    for p in &r.unreadable_packs {
+        eprintln!("warning: {p} is in no index and its header cannot be read; run `cairn check`");
+    }
+    Ok(())
+}
+
+pub fn protect(g: &Global, a: ProtectArgs, on: bool) -> Result<u8> {
+    let repo = open(g)?;
+    for spec in &a.snapshots {
+        let (id, mut s) = repo.find_snapshot(spec)?;
+        if s.protected == on {
+            if !g.quiet {
+                println!(
+                    "snapshot {} is already {}",
+                    id.short(),
+                    if on { "protected" } else { "unprotected" }
+                );
+            }
+            continue;
+        }
+        s.protected = on;
+        let new = repo.replace_snapshot(&id, s)?;
+        if g.json {
+            println!(
+                "{}",
+                serde_json::json!({"old": id, "new": new, "protected": on})
+            );
+        } else if !g.quiet {
+            println!(
+                "snapshot {} is now {} {}",
+                id.short(),
+                new.short(),
+                if on { "(protected)" } else { "(unprotected)" }
+            );
+        }
+    }
+    Ok(exit::OK)
+}
+
+pub fn unlock(g: &Global, a: UnlockArgs) -> Result<u8> {
+    let repo: Repository = open(g)?;
+    let LockArgs {
+        stale_lock_timeout, ..
+    } = a.lock;
+    let locks = repo.locks(stale_lock_timeout, None)?;
+    let mut names = locks.unreadable.clone();
+    let mut left = Vec::new();
+    for o in locks.ops.values() {
+        let remove = a.remove_all || o.is_done() || o.process_gone;
+        if remove {
+            names.extend(o.objects.iter().cloned());
+            if !g.quiet && o.state != OpState::Finished {
+                let why = match &o.state {
+                    OpState::Stale(r) => r.clone(),
+                    _ if o.process_gone => format!("process {} on this host is gone", o.pid),
+                    _ => "--remove-all".into(),
+                };
+                println!("removing lock of {} ({why})", o.describe());
+            }
+        } else {
+            left.push(o);
+        }
+    }
+    for n in &names {
+        repo.block_on(repo.backend().delete(n))?;
+    }
+    if !g.quiet {
+        println!("removed {} lock objects", names.len());
+        for o in left {
+            let kind = if o.kind == LockKind::Prune {
+                "prune"
+            } else {
+                "backup"
+            };
+            println!(
+                "left the lock of a running {kind}: {} (last refreshed {})",
+                o.describe(),
+                o.last_seen.format("%Y-%m-%d %H:%M:%S UTC")
+            );
+        }
+    }
+    Ok(exit::OK)
+}

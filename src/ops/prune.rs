@@ -1,0 +1,769 @@
+//! Prune: remove what no snapshot needs, beside running backups.
+//!
+//! One run, holding the prune lock (at most one prune runs):
+//!
+//! 1. Read the locks. Operations already finished or stale now (`done`) cannot add
+//!    snapshots this run does not see.
+//! 2. Read every snapshot (refusing when one cannot be read: its blobs would look
+//!    unused) and walk their trees: the used blobs.
+//! 3. Read every index file from the store and list `data/`.
+//! 4. Finish earlier runs: a deletion record whose backups have all ended is carried
+//!    out; a pack in it holding a blob that is now used (a waited-for backup came to
+//!    use it) and in no other pack goes back into the index instead.
+//! 5. Plan: packs with no used blob go; partly used packs are repacked while unused
+//!    space is above `--max-unused` and within `--max-repack`; packs in no index (an
+//!    interrupted backup's, or one still uploading) are marked too.
+//! 6. Repack, write the consolidated index, remove the index files it replaces.
+//! 7. Read the locks again: every backup not in `done` may have read the old index,
+//!    so a deletion record names them and the packs go only when they have ended. When
+//!    there are none, the packs go now.
+//!
+//! Every step leaves the repository consistent when killed; a rerun picks up where it
+//! stopped (`docs/design.md`, "Prune beside backups", has the argument).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::format::{
+    self, BlobType, Deletion, IndexFile, IndexPack, LockKind, NodeKind, PackBlob, aad, names,
+};
+use crate::id::{BlobId, Id, IndexId, PackId, SnapshotId};
+use crate::repository::{Announcement, IndexedRepository, Locks, Repository};
+
+/// How much unused space to tolerate before repacking.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaxUnused {
+    /// Percent of the repository's size after pruning.
+    Percent(f64),
+    Bytes(u64),
+    Unlimited,
+}
+
+impl std::str::FromStr for MaxUnused {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim();
+        if s == "unlimited" {
+            return Ok(MaxUnused::Unlimited);
+        }
+        if let Some(p) = s.strip_suffix('%') {
+            let p: f64 = p
+                .trim()
+                .parse()
+                .map_err(|_| Error::Config(format!("--max-unused {s}: not a percentage")))?;
+            if !(0.0..100.0).contains(&p) {
+                return Err(Error::Config(format!(
+                    "--max-unused {s}: use 0% up to below 100%"
+                )));
+            }
+            return Ok(MaxUnused::Percent(p));
+        }
+        parse_size(s)
+            .map(MaxUnused::Bytes)
+            .map_err(|e| Error::Config(format!("--max-unused: {e}")))
+    }
+}
+
+/// `500MiB`, `2G`, `1048576`.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("'{s}' is not a size"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("'{s}': unknown unit '{other}' (use K, M, G, T)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    pub max_unused: MaxUnused,
+    /// At most this many bytes of packs are repacked in one run.
+    pub max_repack: Option<u64>,
+    pub dry_run: bool,
+    /// Locks not refreshed for this long are ignored.
+    pub stale_after: Duration,
+    /// Wait this long for another prune to finish.
+    pub retry_lock: Duration,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            max_unused: MaxUnused::Percent(5.0),
+            max_repack: None,
+            dry_run: false,
+            stale_after: crate::repository::STALE_AFTER,
+            retry_lock: Duration::ZERO,
+        }
+    }
+}
+
+/// What a run found, planned and did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub snapshots: usize,
+    pub packs: usize,
+    pub pack_bytes: u64,
+    pub used_blobs: usize,
+    pub used_bytes: u64,
+    pub unused_bytes: u64,
+    /// Packs with no used blob.
+    pub delete_packs: Vec<PackId>,
+    pub delete_bytes: u64,
+    /// Partly used packs whose used blobs move to new packs.
+    pub repack_packs: Vec<PackId>,
+    pub repack_download_bytes: u64,
+    pub repack_upload_bytes: u64,
+    /// Packs in no index file (an interrupted backup's, or one still uploading).
+    pub unindexed_packs: Vec<PackId>,
+    pub unindexed_bytes: u64,
+    /// Packs in no index whose header cannot be read: left alone, for `check`.
+    pub unreadable_packs: Vec<String>,
+    /// Unused bytes left in place after this run.
+    pub unused_bytes_after: u64,
+    pub index_files_before: usize,
+    pub index_files_after: usize,
+    /// Earlier deletion records carried out in this run, packs removed and put back.
+    pub finished_deletions: usize,
+    pub packs_removed: usize,
+    pub bytes_freed: u64,
+    pub packs_restored: usize,
+    /// Deletion records still waiting, and for what.
+    pub waiting: Vec<String>,
+    /// Stale locks seen (ignored), by description.
+    pub stale_locks: Vec<String>,
+    pub lock_objects_removed: usize,
+    pub duration_ms: u64,
+}
+
+/// Run a prune with `opts`.
+pub fn prune(repo: Repository, opts: &PruneOptions) -> Result<PruneReport> {
+    let started = Instant::now();
+    let (me, locks) = repo.lock_exclusive(opts.stale_after, opts.retry_lock)?;
+    // Snapshots before the index: a backup writes its index files before its snapshot,
+    // so every tree of a listed snapshot is in the index read after.
+    let result = repo.snapshots_and_damage().and_then(|snaps| {
+        let repo = repo.into_indexed()?;
+        let mut r = run(&repo, snaps, opts, &me, &locks)?;
+        if !opts.dry_run {
+            r.lock_objects_removed = clean_locks(&repo, opts, &me);
+        }
+        r.duration_ms = started.elapsed().as_millis() as u64;
+        Ok(r)
+    });
+    me.release();
+    result
+}
+
+/// Remove the lock objects of operations that ended or went stale.
+fn clean_locks(repo: &Repository, opts: &PruneOptions, me: &Announcement) -> usize {
+    let Ok(locks) = repo.locks(opts.stale_after, Some(me.op())) else {
+        return 0;
+    };
+    let names: Vec<String> = locks
+        .ops
+        .values()
+        .filter(|o| o.op != me.op() && o.is_done())
+        .flat_map(|o| o.objects.clone())
+        .collect();
+    let n = names.len();
+    let removed = repo.block_on(async {
+        futures::stream::iter(names)
+            .map(|n| async move { repo.backend().delete(&n).await })
+            .buffer_unordered(repo.options().connections.max(1))
+            .collect::<Vec<_>>()
+            .await
+    });
+    n - removed.iter().filter(|r| r.is_err()).count()
+}
+
+/// A pack as prune sees it.
+#[derive(Debug, Clone)]
+struct PackState {
+    size: u64,
+    blobs: Vec<PackBlob>,
+}
+
+#[allow(clippy::type_complexity)]
+fn run(
+    repo: &IndexedRepository,
+    (snapshots, damaged): (Vec<(SnapshotId, format::Snapshot)>, Vec<(String, Error)>),
+    opts: &PruneOptions,
+    me: &Announcement,
+    locks: &Locks,
+) -> Result<PruneReport> {
+    let mut report = PruneReport {
+        dry_run: opts.dry_run,
+        stale_locks: locks.stale().map(|o| o.describe()).collect(),
+        ..Default::default()
+    };
+    for s in &report.stale_locks {
+        tracing::warn!("ignoring stale lock: {s}");
+    }
+    let done: HashSet<Id> = locks
+        .ops
+        .values()
+        .filter(|o| o.is_done())
+        .map(|o| o.op)
+        .collect();
+    let ended = |op: &Id| done.contains(op) || !locks.ops.contains_key(op);
+
+    // 2. Snapshots and the blobs they use.
+    if let Some((name, e)) = damaged.first() {
+        return Err(Error::integrity(
+            name.clone(),
+            format!(
+                "{e}; prune stops, because the blobs of an unreadable snapshot would look unused. \
+                 Run `cairn check`, then `cairn repair snapshots` or remove the object ({} damaged)",
+                damaged.len()
+            ),
+        ));
+    }
+    report.snapshots = snapshots.len();
+
+    // 3. The index as the store has it, and the packs there are.
+    let (index_files, bad) = repo.read_index_files()?;
+    if let Some((name, e)) = bad.first() {
+        return Err(Error::integrity(
+            name.clone(),
+            format!("{e}; prune stops. Run `cairn check`, then `cairn repair index`"),
+        ));
+    }
+    report.index_files_before = index_files.len();
+    let on_store: HashMap<PackId, u64> = repo
+        .block_on(repo.backend().list(names::DATA))?
+        .into_iter()
+        .filter_map(|o| Some((o.name.rsplit('/').next()?.parse().ok()?, o.size)))
+        .collect();
+    let mut packs: BTreeMap<PackId, PackState> = BTreeMap::new();
+    for (_, f) in &index_files {
+        for p in &f.packs {
+            packs.entry(p.id).or_insert_with(|| PackState {
+                size: p.size,
+                blobs: p.blobs.clone(),
+            });
+        }
+    }
+    let missing: Vec<_> = packs.keys().filter(|p| !on_store.contains_key(p)).collect();
+    if let Some(p) = missing.first() {
+        return Err(Error::NotFound {
+            what: format!(
+                "{} (and {} more packs the index names); prune stops. Run `cairn check` to see \
+                 what is damaged",
+                names::pack(p),
+                missing.len() - 1
+            ),
+        });
+    }
+    if let Some((p, s)) = packs.iter().find(|(p, s)| on_store[p] != s.size) {
+        return Err(Error::integrity(
+            names::pack(p),
+            format!(
+                "{} bytes on the store, {} in the index; prune stops. Run `cairn check --read-data`",
+                on_store[p], s.size
+            ),
+        ));
+    }
+
+    let used = used_blobs(repo, &snapshots)?;
+    report.used_blobs = used.len();
+
+    // 4. Earlier deletion records.
+    let mut indexed: HashSet<(BlobType, BlobId)> = packs
+        .values()
+        .flat_map(|p| p.blobs.iter().map(|b| (b.ty, b.id)))
+        .collect();
+    let mut pending_packs: HashSet<PackId> = HashSet::new();
+    let mut rescue_files = Vec::new();
+    for (del_id, del) in read_deletions(repo)? {
+        let waiting: Vec<_> = del.wait_for.iter().filter(|op| !ended(op)).collect();
+        if !waiting.is_empty() {
+            let who: Vec<String> = waiting
+                .iter()
+                .filter_map(|op| locks.ops.get(op).map(|o| o.describe()))
+                .collect();
+            report.waiting.push(format!(
+                "{} packs of {} wait for {}",
+                del.packs.len(),
+                names::deletion(&del_id),
+                who.join(", ")
+            ));
+            pending_packs.extend(del.packs.iter().map(|p| p.id));
+            continue;
+        }
+        if opts.dry_run {
+            report.finished_deletions += 1;
+            continue;
+        }
+        let (restored, removed, freed, rescue) =
+            carry_out(repo, &del_id, &del, &used, &packs, &indexed, &on_store)?;
+        if let Some((id, file)) = rescue {
+            for p in &file.packs {
+                indexed.extend(p.blobs.iter().map(|b| (b.ty, b.id)));
+                packs.insert(
+                    p.id,
+                    PackState {
+                        size: p.size,
+                        blobs: p.blobs.clone(),
+                    },
+                );
+            }
+            rescue_files.push((id, file));
+        }
+        report.finished_deletions += 1;
+        report.packs_restored += restored;
+        report.packs_removed += removed;
+        report.bytes_freed += freed;
+    }
+
+    // 5. Plan.
+    let missing_blobs = used.iter().filter(|b| !indexed.contains(b)).count();
+    if missing_blobs > 0 {
+        let (ty, id) = used.iter().find(|b| !indexed.contains(b)).expect("counted");
+        return Err(Error::NotFound {
+            what: format!(
+                "{ty} blob {id} (and {} more blobs that snapshots use) in the index; prune stops. \
+                 Run `cairn check`, then `cairn repair index`",
+                missing_blobs - 1
+            ),
+        });
+    }
+    let plan = plan(&packs, &used, opts, &mut report);
+    let unindexed: Vec<(PackId, u64)> = on_store
+        .iter()
+        .filter(|(p, _)| !packs.contains_key(p) && !pending_packs.contains(p))
+        .map(|(p, s)| (*p, *s))
+        .collect();
+    let mut marked: Vec<IndexPack> = Vec::new();
+    for (p, size) in &unindexed {
+        match repo.block_on(repo.read_pack_header(p, *size)) {
+            Ok(h) => {
+                report.unindexed_packs.push(*p);
+                report.unindexed_bytes += size;
+                marked.push(IndexPack {
+                    id: *p,
+                    size: *size,
+                    blobs: h.blobs,
+                });
+            }
+            Err(e @ Error::Backend { .. }) => return Err(e),
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::warn!("leaving {}: {e}", names::pack(p));
+                report.unreadable_packs.push(names::pack(p));
+            }
+        }
+    }
+    report.unindexed_packs.sort();
+    if opts.dry_run {
+        report.index_files_after = report.index_files_before;
+        return Ok(report);
+    }
+
+    // 6. Repack, then one consolidated index in place of all the files read.
+    let (new_files, uploaded) = repack(repo, &packs, &plan)?;
+    report.repack_upload_bytes = uploaded;
+    let gone: HashSet<PackId> = plan.delete.iter().chain(&plan.repack).copied().collect();
+    let mut kept: Vec<IndexPack> = packs
+        .iter()
+        .filter(|(id, _)| !gone.contains(id))
+        .map(|(id, p)| IndexPack {
+            id: *id,
+            size: p.size,
+            blobs: p.blobs.clone(),
+        })
+        .collect();
+    for (_, f) in &new_files {
+        kept.extend(f.packs.iter().cloned());
+    }
+    let mut superseded: Vec<IndexId> = index_files.iter().map(|(id, _)| *id).collect();
+    superseded.extend(rescue_files.iter().map(|(id, _)| *id));
+    superseded.extend(new_files.iter().map(|(id, _)| *id));
+    let written = write_consolidated(repo, kept, &superseded)?;
+    report.index_files_after = written.len();
+    let written: HashSet<IndexId> = written.into_iter().collect();
+    let old: Vec<IndexId> = superseded
+        .into_iter()
+        .filter(|id| !written.contains(id))
+        .collect();
+    delete_all(repo, old.iter().map(names::index).collect())?;
+
+    // 7. Mark, and remove at once when no backup can have read the old index.
+    for id in &gone {
+        let p = &packs[id];
+        marked.push(IndexPack {
+            id: *id,
+            size: p.size,
+            blobs: p.blobs.clone(),
+        });
+    }
+    if marked.is_empty() {
+        return Ok(report);
+    }
+    let now = repo.locks(opts.stale_after, Some(me.op()))?;
+    let wait_for: Vec<Id> = now
+        .ops
+        .values()
+        .filter(|o| o.kind == LockKind::Backup && !done.contains(&o.op))
+        .map(|o| o.op)
+        .collect();
+    let del = Deletion::new(wait_for.clone(), marked);
+    let del_id = Id::random();
+    let bytes = format::seal_object(repo.key(), aad::DELETION, 3, &del);
+    repo.block_on(
+        repo.backend()
+            .create(&names::deletion(&del_id), Bytes::from(bytes)),
+    )?;
+    if wait_for.is_empty() {
+        let names: Vec<String> = del.packs.iter().map(|p| names::pack(&p.id)).collect();
+        report.packs_removed += names.len();
+        report.bytes_freed += del.packs.iter().map(|p| p.size).sum::<u64>();
+        delete_all(repo, names)?;
+        delete_all(repo, vec![names::deletion(&del_id)])?;
+    } else {
+        let who: Vec<String> = wait_for
+            .iter()
+            .filter_map(|op| now.ops.get(op).map(|o| o.describe()))
+            .collect();
+        report.waiting.push(format!(
+            "{} packs of {} wait for {}; the next prune after they end removes them",
+            del.packs.len(),
+            names::deletion(&del_id),
+            who.join(", ")
+        ));
+    }
+    Ok(report)
+}
+
+/// Every blob the snapshots use: their trees, and the data blobs of their files.
+pub fn used_blobs(
+    repo: &IndexedRepository,
+    snapshots: &[(SnapshotId, format::Snapshot)],
+) -> Result<HashSet<(BlobType, BlobId)>> {
+    let mut used = HashSet::new();
+    let mut stack: Vec<(BlobId, SnapshotId)> = Vec::new();
+    for (sid, s) in snapshots {
+        if used.insert((BlobType::Tree, s.tree)) {
+            stack.push((s.tree, *sid));
+        }
+    }
+    while let Some((tree, sid)) = stack.pop() {
+        let t = repo.load_tree(&tree).map_err(|e| match e {
+            Error::NotFound { .. } | Error::Integrity { .. } | Error::Format { .. } => {
+                Error::integrity(
+                    format!("tree {tree} of snapshot {}", sid.short()),
+                    format!(
+                        "{e}; prune stops, because what this tree references would look unused. \
+                         Run `cairn check`"
+                    ),
+                )
+            }
+            e => e,
+        })?;
+        for n in &t.nodes {
+            match &n.kind {
+                NodeKind::Dir { subtree } if used.insert((BlobType::Tree, *subtree)) => {
+                    stack.push((*subtree, sid));
+                }
+                NodeKind::File { content } => {
+                    used.extend(content.iter().map(|id| (BlobType::Data, *id)));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(used)
+}
+
+#[derive(Debug, Default)]
+struct Plan {
+    delete: Vec<PackId>,
+    repack: Vec<PackId>,
+    /// For each used blob, the pack whose copy is kept.
+    keeper: HashMap<(BlobType, BlobId), PackId>,
+}
+
+fn plan(
+    packs: &BTreeMap<PackId, PackState>,
+    used: &HashSet<(BlobType, BlobId)>,
+    opts: &PruneOptions,
+    report: &mut PruneReport,
+) -> Plan {
+    // A blob stored twice (two backups stored it at once) is kept where most of the
+    // pack is used.
+    let used_in = |p: &PackState| -> u64 {
+        p.blobs
+            .iter()
+            .filter(|b| used.contains(&(b.ty, b.id)))
+            .map(|b| b.length as u64)
+            .sum()
+    };
+    let mut order: Vec<(&PackId, &PackState, u64)> =
+        packs.iter().map(|(id, p)| (id, p, used_in(p))).collect();
+    order.sort_by(|a, b| {
+        let fa = a.2 as f64 / a.1.size.max(1) as f64;
+        let fb = b.2 as f64 / b.1.size.max(1) as f64;
+        fb.total_cmp(&fa).then(a.0.cmp(b.0))
+    });
+    let mut plan = Plan::default();
+    let mut kept_bytes: HashMap<PackId, u64> = HashMap::new();
+    for (id, p, _) in &order {
+        for b in &p.blobs {
+            let k = (b.ty, b.id);
+            if used.contains(&k) && !plan.keeper.contains_key(&k) {
+                plan.keeper.insert(k, **id);
+                *kept_bytes.entry(**id).or_default() += b.length as u64;
+            }
+        }
+    }
+    let mut partly: Vec<(PackId, u64, u64)> = Vec::new(); // id, size, unused
+    for (id, p) in packs {
+        report.packs += 1;
+        report.pack_bytes += p.size;
+        let kept = kept_bytes.get(id).copied().unwrap_or(0);
+        let blob_bytes: u64 = p.blobs.iter().map(|b| b.length as u64).sum();
+        let unused = blob_bytes - kept;
+        report.used_bytes += kept;
+        report.unused_bytes += unused;
+        if kept == 0 {
+            plan.delete.push(*id);
+            report.delete_bytes += p.size;
+        } else if unused > 0 {
+            partly.push((*id, p.size, unused));
+        }
+    }
+    let mut unused_left: u64 = partly.iter().map(|p| p.2).sum();
+    let allowed = match opts.max_unused {
+        MaxUnused::Unlimited => u64::MAX,
+        MaxUnused::Bytes(b) => b,
+        // unused / (used + unused) <= p
+        MaxUnused::Percent(p) => (report.used_bytes as f64 * p / (100.0 - p)) as u64,
+    };
+    partly.sort_by(|a, b| {
+        let fa = a.2 as f64 / a.1 as f64;
+        let fb = b.2 as f64 / b.1 as f64;
+        fb.total_cmp(&fa).then(a.0.cmp(&b.0))
+    });
+    for (id, size, unused) in partly {
+        if unused_left <= allowed {
+            break;
+        }
+        if opts
+            .max_repack
+            .is_some_and(|m| report.repack_download_bytes + size > m)
+        {
+            continue;
+        }
+        plan.repack.push(id);
+        report.repack_download_bytes += size;
+        unused_left -= unused;
+    }
+    report.unused_bytes_after = unused_left;
+    report.delete_packs = plan.delete.clone();
+    report.repack_packs = plan.repack.clone();
+    plan
+}
+
+/// Copy the kept blobs of the packs to repack into new packs. Returns the index files
+/// the writer wrote and the bytes it uploaded.
+fn repack(
+    repo: &IndexedRepository,
+    packs: &BTreeMap<PackId, PackState>,
+    plan: &Plan,
+) -> Result<(Vec<(IndexId, IndexFile)>, u64)> {
+    if plan.repack.is_empty() {
+        return Ok((Vec::new(), 0));
+    }
+    let writer = repo.repack_writer();
+    let connections = repo.options().connections.max(1);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(PackId, Result<Bytes>)>(connections);
+    let backend = repo.backend().clone();
+    let ids = plan.repack.clone();
+    let fetcher = repo.runtime().spawn(async move {
+        let mut s = futures::stream::iter(ids)
+            .map(|id| {
+                let backend = backend.clone();
+                async move { (id, backend.get(&names::pack(&id)).await) }
+            })
+            .buffer_unordered(connections);
+        while let Some(r) = s.next().await {
+            let tx = tx.clone();
+            if tokio::task::spawn_blocking(move || tx.send(r))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let key = repo.key().clone();
+    let copied = (|| {
+        for (id, bytes) in rx.iter() {
+            let bytes = bytes?;
+            let name = names::pack(&id);
+            let keep: Vec<&PackBlob> = packs[&id]
+                .blobs
+                .iter()
+                .filter(|b| plan.keeper.get(&(b.ty, b.id)) == Some(&id))
+                .collect();
+            // Check every kept blob before it moves: repacking must not carry damage on.
+            keep.par_iter()
+                .map(|b| {
+                    let end = b.offset + b.length as u64;
+                    let sealed = bytes.get(b.offset as usize..end as usize).ok_or_else(|| {
+                        Error::integrity(&name, format!("{} bytes, blob {} ends at {end}", bytes.len(), b.id))
+                    })?;
+                    format::open_blob(&key, b.ty, &b.id, sealed, Some(b.raw_length))
+                        .map(|_| ())
+                        .map_err(|e| Error::integrity(&name, format!("{e}; prune stops before moving it. Run `cairn check --read-data`")))
+                })
+                .collect::<Result<()>>()?;
+            for b in keep {
+                let sealed = &bytes[b.offset as usize..(b.offset + b.length as u64) as usize];
+                writer.add_sealed(b.ty, b.id, sealed, b.raw_length as usize)?;
+            }
+        }
+        Ok::<_, Error>(())
+    })();
+    fetcher.abort();
+    let finished = writer.finish_indexed();
+    copied?;
+    let (stats, files) = finished?;
+    Ok((files, stats.bytes_added))
+}
+
+/// Blobs per consolidated index file.
+const BLOBS_PER_INDEX_FILE: usize = 200_000;
+
+fn write_consolidated(
+    repo: &IndexedRepository,
+    mut packs: Vec<IndexPack>,
+    superseded: &[IndexId],
+) -> Result<Vec<IndexId>> {
+    packs.sort_by_key(|p| p.id);
+    let mut files: Vec<IndexFile> = Vec::new();
+    let mut cur = IndexFile::new(Vec::new());
+    let mut n = 0;
+    for p in packs {
+        n += p.blobs.len();
+        cur.packs.push(p);
+        if n >= BLOBS_PER_INDEX_FILE {
+            files.push(std::mem::replace(&mut cur, IndexFile::new(Vec::new())));
+            n = 0;
+        }
+    }
+    if !cur.packs.is_empty() || files.is_empty() {
+        files.push(cur);
+    }
+    if let Some(last) = files.last_mut() {
+        last.supersedes = superseded.to_vec();
+    }
+    let mut ids = Vec::new();
+    for f in &files {
+        ids.push(repo.block_on(repo.save_index(f))?);
+    }
+    Ok(ids)
+}
+
+fn delete_all(repo: &IndexedRepository, names: Vec<String>) -> Result<()> {
+    let results: Vec<Result<()>> = repo.block_on(
+        futures::stream::iter(names)
+            .map(|n| async move { repo.backend().delete(&n).await })
+            .buffer_unordered(repo.options().connections.max(1) * 2)
+            .collect(),
+    );
+    results.into_iter().collect()
+}
+
+fn read_deletions(repo: &IndexedRepository) -> Result<Vec<(Id, Deletion)>> {
+    let listed = repo.block_on(repo.backend().list(names::DELETIONS))?;
+    let mut out = Vec::new();
+    for o in listed {
+        let Some(id) = o.name.rsplit('/').next().and_then(|h| h.parse::<Id>().ok()) else {
+            continue;
+        };
+        let bytes = match repo.block_on(repo.backend().get(&o.name)) {
+            Ok(b) => b,
+            Err(Error::NotFound { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        let del: Deletion = format::open_object(repo.key(), aad::DELETION, &o.name, &bytes)
+            .map_err(|e| {
+                Error::integrity(
+                    o.name.clone(),
+                    format!("{e}; prune stops. If the object is damaged, remove it: its packs then show as unindexed and the next prune handles them"),
+                )
+            })?;
+        out.push((id, del));
+    }
+    Ok(out)
+}
+
+/// Carry out a deletion record whose backups have ended: remove its packs, except those
+/// that came back into the index or hold a used blob found nowhere else (those go back
+/// into the index). Returns (packs put back, packs removed, bytes freed, the index file
+/// written for the packs put back).
+#[allow(clippy::type_complexity)]
+fn carry_out(
+    repo: &IndexedRepository,
+    del_id: &Id,
+    del: &Deletion,
+    used: &HashSet<(BlobType, BlobId)>,
+    packs: &BTreeMap<PackId, PackState>,
+    indexed: &HashSet<(BlobType, BlobId)>,
+    on_store: &HashMap<PackId, u64>,
+) -> Result<(usize, usize, u64, Option<(IndexId, IndexFile)>)> {
+    let mut back = Vec::new();
+    let mut remove = Vec::new();
+    let mut freed = 0;
+    for p in &del.packs {
+        if packs.contains_key(&p.id) {
+            continue; // indexed again (a backup's late index file): it stays
+        }
+        let needed = p
+            .blobs
+            .iter()
+            .any(|b| used.contains(&(b.ty, b.id)) && !indexed.contains(&(b.ty, b.id)));
+        if needed && on_store.contains_key(&p.id) {
+            back.push(p.clone());
+        } else {
+            if needed {
+                tracing::error!(
+                    "{} held blobs a snapshot uses but is gone; run `cairn check`",
+                    names::pack(&p.id)
+                );
+            }
+            if let Some(size) = on_store.get(&p.id) {
+                freed += size;
+                remove.push(names::pack(&p.id));
+            }
+        }
+    }
+    let restored = back.len();
+    let rescue = if back.is_empty() {
+        None
+    } else {
+        let file = IndexFile::new(back);
+        let id = repo.block_on(repo.save_index(&file))?;
+        Some((id, file))
+    };
+    let removed = remove.len();
+    delete_all(repo, remove)?;
+    delete_all(repo, vec![names::deletion(del_id)])?;
+    Ok((restored, removed, freed, rescue))
+}
