@@ -227,7 +227,7 @@ pub fn stats(repo: &IndexedRepository, roots: &[BlobId], raw_data: bool) -> Resu
         }
     }
     for (ty, id) in &blobs {
-        if let Some(loc) = repo.index().get(*ty, id)? {
+        if let Some(loc) = repo.index().find(*ty, id)? {
             s.blobs += 1;
             s.raw_size += loc.raw_length as u64;
             s.stored_size += loc.length as u64;

@@ -289,6 +289,7 @@ fn run(
         .flat_map(|p| p.blobs.iter().map(|b| (b.ty, b.id)))
         .collect();
     let mut pending_packs: HashSet<PackId> = HashSet::new();
+    let mut waiting_blobs: HashSet<(BlobType, BlobId)> = HashSet::new();
     let mut rescue_files = Vec::new();
     for (del_id, del) in read_deletions(repo)? {
         let waiting: Vec<_> = del.wait_for.iter().filter(|op| !ended(op)).collect();
@@ -304,6 +305,13 @@ fn run(
                 who.join(", ")
             ));
             pending_packs.extend(del.packs.iter().map(|p| p.id));
+            // A snapshot of a waited-for backup that ended may use these; they stay
+            // until the record is carried out, which puts such packs back.
+            waiting_blobs.extend(
+                del.packs
+                    .iter()
+                    .flat_map(|p| p.blobs.iter().map(|b| (b.ty, b.id))),
+            );
             continue;
         }
         if opts.dry_run {
@@ -332,9 +340,10 @@ fn run(
     }
 
     // 5. Plan.
-    let missing_blobs = used.iter().filter(|b| !indexed.contains(b)).count();
+    let missing = |b: &&(BlobType, BlobId)| !indexed.contains(b) && !waiting_blobs.contains(b);
+    let missing_blobs = used.iter().filter(missing).count();
     if missing_blobs > 0 {
-        let (ty, id) = used.iter().find(|b| !indexed.contains(b)).expect("counted");
+        let (ty, id) = used.iter().find(missing).expect("counted");
         return Err(Error::NotFound {
             what: format!(
                 "{ty} blob {id} (and {} more blobs that snapshots use) in the index; prune stops. \

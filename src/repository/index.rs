@@ -6,7 +6,13 @@
 //! Deleting the cache costs time, never data. Lookups go to RocksDB, so memory does not
 //! grow with the number of blobs in the repository (invariant 7).
 //!
-//! Keys: `b` `type` `id` -> postcard([`BlobLocation`]); `i` `index id` -> empty (seen).
+//! Packs a prune has taken out of the index but not yet removed (listed in
+//! `deletions/`) are kept apart: a reader finds blobs there ([`IndexCache::find`]),
+//! deduplication never does ([`IndexCache::get`]), so no new snapshot comes to depend on
+//! a pack about to go, while a snapshot a running backup wrote meanwhile stays readable.
+//!
+//! Keys: `b` `type` `id` -> postcard([`BlobLocation`]); `i` `index id` -> empty (seen);
+//! `p` `type` `id` -> location in a pack awaiting deletion; `e` `deletion id` -> empty.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -74,8 +80,12 @@ fn db_options() -> Options {
 }
 
 fn blob_key(ty: BlobType, id: &BlobId) -> [u8; 34] {
+    space_key(b'b', ty, id)
+}
+
+fn space_key(space: u8, ty: BlobType, id: &BlobId) -> [u8; 34] {
     let mut k = [0u8; 34];
-    k[0] = b'b';
+    k[0] = space;
     k[1] = match ty {
         BlobType::Data => 0,
         BlobType::Tree => 1,
@@ -85,9 +95,13 @@ fn blob_key(ty: BlobType, id: &BlobId) -> [u8; 34] {
 }
 
 fn seen_key(id: &IndexId) -> [u8; 33] {
+    id_key(b'i', id.as_bytes())
+}
+
+fn id_key(space: u8, id: &[u8; 32]) -> [u8; 33] {
     let mut k = [0u8; 33];
-    k[0] = b'i';
-    k[1..].copy_from_slice(id.as_bytes());
+    k[0] = space;
+    k[1..].copy_from_slice(id);
     k
 }
 
@@ -147,10 +161,23 @@ impl IndexCache {
         })
     }
 
+    /// Where a blob is, for deduplication: only packs the index holds.
     pub fn get(&self, ty: BlobType, id: &BlobId) -> Result<Option<BlobLocation>> {
+        self.lookup(blob_key(ty, id))
+    }
+
+    /// Where a blob is, for reading: the index, else a pack awaiting deletion.
+    pub fn find(&self, ty: BlobType, id: &BlobId) -> Result<Option<BlobLocation>> {
+        match self.get(ty, id)? {
+            Some(l) => Ok(Some(l)),
+            None => self.lookup(space_key(b'p', ty, id)),
+        }
+    }
+
+    fn lookup(&self, key: [u8; 34]) -> Result<Option<BlobLocation>> {
         match self
             .db
-            .get_pinned(blob_key(ty, id))
+            .get_pinned(key)
             .map_err(|e| cache_err(&self.path, e))?
         {
             None => Ok(None),
@@ -177,17 +204,73 @@ impl IndexCache {
     }
 
     fn seen(&self) -> Result<HashSet<IndexId>> {
+        Ok(self
+            .ids(b'i')?
+            .into_iter()
+            .map(|b| IndexId(crate::id::Id(b)))
+            .collect())
+    }
+
+    fn ids(&self, space: u8) -> Result<HashSet<[u8; 32]>> {
         let mut out = HashSet::new();
-        for item in self.db.prefix_iterator(b"i") {
+        for item in self.db.prefix_iterator([space]) {
             let (k, _) = item.map_err(|e| cache_err(&self.path, e))?;
-            if k.first() != Some(&b'i') {
+            if k.first() != Some(&space) {
                 break;
             }
             if let Ok(b) = <[u8; 32]>::try_from(&k[1..]) {
-                out.insert(IndexId(crate::id::Id(b)));
+                out.insert(b);
             }
         }
         Ok(out)
+    }
+
+    /// Bring the entries of packs awaiting deletion in step with `deletions/`.
+    async fn sync_deletions(&self, backend: &dyn Backend, key: &MasterKey) -> Result<()> {
+        let listed: HashSet<crate::id::Id> = backend
+            .list(names::DELETIONS)
+            .await?
+            .into_iter()
+            .filter_map(|o| o.name.rsplit('/').next()?.parse().ok())
+            .collect();
+        let seen = self.ids(b'e')?;
+        let to_read: Vec<crate::id::Id> =
+            if seen.iter().any(|b| !listed.contains(&crate::id::Id(*b))) {
+                let mut batch = WriteBatch::default();
+                batch.delete_range(b"p", b"q");
+                batch.delete_range(b"e", b"f");
+                self.db.write(batch).map_err(|e| cache_err(&self.path, e))?;
+                listed.into_iter().collect()
+            } else {
+                listed
+                    .into_iter()
+                    .filter(|id| !seen.contains(id.as_bytes()))
+                    .collect()
+            };
+        for id in to_read {
+            let name = names::deletion(&id);
+            let del =
+                match backend.get(&name).await.and_then(|b| {
+                    open_object::<crate::format::Deletion>(key, aad::DELETION, &name, &b)
+                }) {
+                    Ok(d) => d,
+                    Err(Error::NotFound { .. }) => continue,
+                    Err(e @ Error::Backend { .. }) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!("skipping {name}: {e}");
+                        continue;
+                    }
+                };
+            let mut batch = WriteBatch::default();
+            for p in &del.packs {
+                for b in &p.blobs {
+                    batch.put(space_key(b'p', b.ty, &b.id), entry(&p.id, b));
+                }
+            }
+            batch.put(id_key(b'e', id.as_bytes()), []);
+            self.db.write(batch).map_err(|e| cache_err(&self.path, e))?;
+        }
+        Ok(())
     }
 
     fn clear(&self) -> Result<()> {
@@ -251,6 +334,8 @@ impl IndexCache {
                 Err(e) => return Err(e),
             }
         }
+        drop(fetches);
+        self.sync_deletions(backend, key).await?;
         Ok(stats)
     }
 }

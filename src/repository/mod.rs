@@ -556,7 +556,7 @@ impl IndexedRepository {
 
     /// Where a blob is, or [`Error::NotFound`] naming it.
     pub fn locate(&self, ty: BlobType, id: &BlobId) -> Result<BlobLocation> {
-        self.index.get(ty, id)?.ok_or_else(|| Error::NotFound {
+        self.index.find(ty, id)?.ok_or_else(|| Error::NotFound {
             what: format!("{ty} blob {id} in the index"),
         })
     }

@@ -366,7 +366,7 @@ pub(super) fn present_blobs(
     let mut offset = 0u64;
     let mut buf = Vec::new();
     for id in content {
-        let Some(loc) = repo.index().get(BlobType::Data, id)? else {
+        let Some(loc) = repo.index().find(BlobType::Data, id)? else {
             out.push(false);
             continue;
         };
