@@ -4,8 +4,8 @@
 use cairn::crypto::MasterKey;
 use cairn::crypto::kdf::KdfParams;
 use cairn::format::{
-    self, BlobType, ChunkerParams, Config, IndexFile, IndexPack, KeyFile, PackBlob, PackHeader,
-    Snapshot, Tree, aad,
+    self, BlobType, ChunkerParams, Config, Deletion, IndexFile, IndexPack, KeyFile, Lock, LockKind,
+    PackBlob, PackHeader, Snapshot, Tree, aad,
 };
 use cairn::id::{BlobId, Id, PackId};
 use proptest::prelude::*;
@@ -49,6 +49,19 @@ fn make_samples() -> Vec<(&'static str, Vec<u8>)> {
         ("snapshot", format::seal_object(&k, aad::SNAPSHOT, 3, &snap)),
         ("config", format::seal_object(&k, aad::CONFIG, 3, &cfg)),
         ("key", kf.to_bytes()),
+        (
+            "lock",
+            format::seal_object(&k, aad::LOCK, 3, &Lock::new(LockKind::Backup)),
+        ),
+        (
+            "deletion",
+            format::seal_object(
+                &k,
+                aad::DELETION,
+                3,
+                &Deletion::new(vec![Id([3; 32])], index.packs.clone()),
+            ),
+        ),
     ]
 }
 
@@ -69,6 +82,8 @@ fn decode(kind: &str, bytes: &[u8]) -> bool {
         "tree" => Tree::decode("t", bytes).is_ok(),
         "snapshot" => format::open_object::<Snapshot>(&k, aad::SNAPSHOT, "s", bytes).is_ok(),
         "config" => format::open_object::<Config>(&k, aad::CONFIG, "c", bytes).is_ok(),
+        "lock" => format::open_object::<Lock>(&k, aad::LOCK, "l", bytes).is_ok(),
+        "deletion" => format::open_object::<Deletion>(&k, aad::DELETION, "d", bytes).is_ok(),
         "key" => KeyFile::from_bytes("k", bytes)
             .and_then(|kf| kf.open(b"pw"))
             .is_ok_and(|m| m.is_some()),
@@ -104,7 +119,7 @@ proptest! {
     }
 
     #[test]
-    fn flipped_bits_are_rejected(which in 0usize..7, pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+    fn flipped_bits_are_rejected(which in 0usize..9, pos in any::<prop::sample::Index>(), bit in 0u8..8) {
         let (kind, mut bytes) = samples().swap_remove(which);
         let i = pos.index(bytes.len());
         bytes[i] ^= 1 << bit;

@@ -5,7 +5,8 @@
 #   benches/compare/run.sh [--scale S] [--tools "cairn restic borg rustic bupstash"] [--out FILE]
 #
 # Steps per tool: first backup (day 1), days 2-5, an unchanged re-backup, a restore of
-# the last snapshot into tmpfs. Each step: wall time, CPU time, peak RSS (GNU time), and
+# the last snapshot into tmpfs, then forget of the three oldest snapshots with a prune
+# that repacks (not bupstash, which has no keep policy). Each step: wall time, CPU time, peak RSS (GNU time), and
 # the repository size after it. All tools encrypt and use zstd level 3 (restic: its
 # "auto" = zstd default level; Borg 1.2: zstd,3). Page cache is warm for every tool alike
 # (the corpus is read once before the first tool runs), and dirty pages are flushed
@@ -76,6 +77,19 @@ t_restore() {
   esac
 }
 
+t_forget_prune() { # forget all but the 3 newest snapshots, then prune (repacking at 5% unused)
+  local t=$1
+  local r=$work/repo-$t
+  case $t in
+    cairn) CAIRN_PASSWORD=$PW "$cairn" -q forget --repo "$r" --cache-dir "$work/cache-$t" --keep-last 3 --prune ;;
+    restic) RESTIC_PASSWORD=$PW RESTIC_CACHE_DIR=$work/cache-$t restic -q forget -r "$r" --keep-last 3 --prune ;;
+    borg) BORG_PASSPHRASE=$PW BORG_BASE_DIR=$work/borgbase borg prune --keep-last 3 "$r" &&
+          BORG_PASSPHRASE=$PW BORG_BASE_DIR=$work/borgbase borg compact "$r" ;;
+    rustic) RUSTIC_PASSWORD=$PW rustic -r "$r" --cache-dir "$work/cache-$t" forget --keep-last 3 --prune >/dev/null 2>&1 ;;
+    bupstash) echo "bupstash: no forget-by-policy step" >&2 ;;
+  esac
+}
+
 measure() { # tool step command...
   local t=$1 step=$2; shift 2
   local tf=$work/time.txt
@@ -95,7 +109,7 @@ for t in $tools; do
     *) if have "$t"; then active+=("$t"); else echo "note: $t not installed, skipped" >&2; fi ;;
   esac
 done
-export -f t_backup t_restore
+export -f t_backup t_restore t_forget_prune
 export cairn work corpus
 
 for t in "${active[@]}"; do t_init "$t" >/dev/null 2>&1; done
@@ -111,6 +125,11 @@ for t in "${active[@]}"; do
   rm -rf "$dest"; mkdir -p "$dest"
   measure "$t" "restore" bash -c "t_restore $t $dest"
   rm -rf "$dest"
+done
+# Six snapshots (days 1-5 and the unchanged one): forget the three oldest and prune.
+for t in "${active[@]}"; do
+  [ "$t" = bupstash ] && continue
+  measure "$t" "forget-prune" bash -c "t_forget_prune $t"
 done
 
 {

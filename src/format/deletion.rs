@@ -30,3 +30,30 @@ impl Deletion {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::MasterKey;
+    use crate::format::{BlobType, PackBlob, aad, open_object, seal_object};
+    use crate::id::{BlobId, PackId};
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn deletion_round_trip(waits in proptest::collection::vec(any::<[u8; 32]>(), 0..4),
+                               packs in proptest::collection::vec((any::<[u8; 32]>(), any::<u64>(), 0..5usize), 0..6)) {
+            let packs = packs.into_iter().map(|(id, size, n)| IndexPack {
+                id: PackId(Id(id)),
+                size,
+                blobs: (0..n).map(|i| PackBlob { ty: BlobType::Tree, id: BlobId(Id([i as u8; 32])), offset: i as u64, length: 9, raw_length: 3 }).collect(),
+            }).collect();
+            let d = Deletion::new(waits.into_iter().map(Id).collect(), packs);
+            let k = MasterKey::random();
+            let bytes = seal_object(&k, aad::DELETION, 3, &d);
+            let back: Deletion = open_object(&k, aad::DELETION, "deletions/x", &bytes).unwrap();
+            prop_assert_eq!(back, d);
+            prop_assert!(open_object::<Deletion>(&k, aad::LOCK, "deletions/x", &bytes).is_err());
+        }
+    }
+}

@@ -49,3 +49,25 @@ impl Lock {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::MasterKey;
+    use crate::format::{aad, open_object, seal_object};
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn lock_round_trip(host in ".{0,30}", pid in any::<u32>(), finished in any::<bool>(), prune in any::<bool>()) {
+            let mut l = Lock::new(if prune { LockKind::Prune } else { LockKind::Backup });
+            l.host = host;
+            l.pid = pid;
+            l.finished = finished;
+            let k = MasterKey::random();
+            let bytes = seal_object(&k, aad::LOCK, 3, &l);
+            let back: Lock = open_object(&k, aad::LOCK, "locks/x", &bytes).unwrap();
+            prop_assert_eq!(back, l);
+        }
+    }
+}
