@@ -319,10 +319,13 @@ fn prune_with_max_unused_0_leaves_about_what_a_fresh_backup_stores() {
         &src,
         &restore(&repo, "latest").join(src.strip_prefix("/").unwrap()),
     );
-    // Nothing left to do, and nothing waiting.
+    // Nothing left to do, and nothing waiting; the index is not rewritten for nothing
+    // (every client would rebuild its cache).
+    let index_before = objects(&repo.path, "index");
     let out = run_ok(repo.cmd().args(["prune", "--max-unused", "0%", "--json"]));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["packs_removed"], 0);
+    assert_eq!(objects(&repo.path, "index"), index_before);
     assert!(
         !repo.path.join("deletions").exists()
             || std::fs::read_dir(repo.path.join("deletions"))

@@ -384,34 +384,31 @@ fn run(
         return Ok(report);
     }
 
-    // 6. Repack, then one consolidated index in place of all the files read.
+    // 6. Repack, then one consolidated index in place of all the files read. Rewriting
+    // the index makes every client rebuild its cache, so it happens only when packs go
+    // or small index files (a backup writes at least one) have piled up.
     let (new_files, uploaded) = repack(repo, &packs, &plan)?;
     report.repack_upload_bytes = uploaded;
     let gone: HashSet<PackId> = plan.delete.iter().chain(&plan.repack).copied().collect();
-    let mut kept: Vec<IndexPack> = packs
+    let small = index_files
         .iter()
-        .filter(|(id, _)| !gone.contains(id))
-        .map(|(id, p)| IndexPack {
-            id: *id,
-            size: p.size,
-            blobs: p.blobs.clone(),
+        .filter(|(_, f)| {
+            f.packs.iter().map(|p| p.blobs.len()).sum::<usize>() < BLOBS_PER_INDEX_FILE / 2
         })
-        .collect();
-    for (_, f) in &new_files {
-        kept.extend(f.packs.iter().cloned());
+        .count();
+    if gone.is_empty() && small < SMALL_INDEX_FILES {
+        report.index_files_after = index_files.len() + rescue_files.len();
+    } else {
+        consolidate(
+            repo,
+            &packs,
+            &gone,
+            &index_files,
+            &rescue_files,
+            &new_files,
+            &mut report,
+        )?;
     }
-    let mut superseded: Vec<IndexId> = index_files.iter().map(|(id, _)| *id).collect();
-    superseded.extend(rescue_files.iter().map(|(id, _)| *id));
-    superseded.extend(new_files.iter().map(|(id, _)| *id));
-    let written = write_consolidated(repo, kept, &superseded)?;
-    report.index_files_after = written.len();
-    let written: HashSet<IndexId> = written.into_iter().collect();
-    let old: Vec<IndexId> = superseded
-        .into_iter()
-        .filter(|id| !written.contains(id))
-        .collect();
-    delete_all(repo, old.iter().map(names::index).collect())?;
-
     // 7. Mark, and remove at once when no backup can have read the old index.
     for id in &gone {
         let p = &packs[id];
@@ -424,6 +421,55 @@ fn run(
     if marked.is_empty() {
         return Ok(report);
     }
+    mark_and_remove(repo, opts, me, &done, marked, report)
+}
+
+/// Write index files naming every kept pack, then remove the files they replace.
+#[allow(clippy::too_many_arguments)]
+fn consolidate(
+    repo: &IndexedRepository,
+    packs: &BTreeMap<PackId, PackState>,
+    gone: &HashSet<PackId>,
+    index_files: &[(IndexId, IndexFile)],
+    rescue_files: &[(IndexId, IndexFile)],
+    new_files: &[(IndexId, IndexFile)],
+    report: &mut PruneReport,
+) -> Result<()> {
+    let mut kept: Vec<IndexPack> = packs
+        .iter()
+        .filter(|(id, _)| !gone.contains(id))
+        .map(|(id, p)| IndexPack {
+            id: *id,
+            size: p.size,
+            blobs: p.blobs.clone(),
+        })
+        .collect();
+    for (_, f) in new_files {
+        kept.extend(f.packs.iter().cloned());
+    }
+    let mut superseded: Vec<IndexId> = index_files.iter().map(|(id, _)| *id).collect();
+    superseded.extend(rescue_files.iter().map(|(id, _)| *id));
+    superseded.extend(new_files.iter().map(|(id, _)| *id));
+    let written = write_consolidated(repo, kept, &superseded)?;
+    report.index_files_after = written.len();
+    let written: HashSet<IndexId> = written.into_iter().collect();
+    let old: Vec<IndexId> = superseded
+        .into_iter()
+        .filter(|id| !written.contains(id))
+        .collect();
+    delete_all(repo, old.iter().map(names::index).collect())
+}
+
+/// Record `marked` for deletion with the backups that may use them, and remove them at
+/// once when there are none.
+fn mark_and_remove(
+    repo: &IndexedRepository,
+    opts: &PruneOptions,
+    me: &Announcement,
+    done: &HashSet<Id>,
+    marked: Vec<IndexPack>,
+    mut report: PruneReport,
+) -> Result<PruneReport> {
     let now = repo.locks(opts.stale_after, Some(me.op()))?;
     let wait_for: Vec<Id> = now
         .ops
@@ -658,6 +704,8 @@ fn repack(
 
 /// Blobs per consolidated index file.
 const BLOBS_PER_INDEX_FILE: usize = 200_000;
+/// Index files smaller than half of that which make prune rewrite the index.
+const SMALL_INDEX_FILES: usize = 16;
 
 fn write_consolidated(
     repo: &IndexedRepository,
