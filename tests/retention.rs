@@ -457,6 +457,12 @@ fn a_killed_backup_holds_back_deletion_until_its_lock_is_stale() {
     let out = run_ok(repo.cmd().args(["prune", "--json"]));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["packs_removed"], 0);
+    // A new backup of the forgotten data does not lean on the packs awaiting deletion:
+    // it stores the data again.
+    write_files(&src, &[("a", data(300_000, 1)), ("b", data(300_000, 2))]);
+    let out = run_ok(repo.cmd().args(["backup", "--json", "--force"]).arg(&src));
+    let s = crate::common::last_json_line(&out.stdout);
+    assert!(s["summary"]["data_blobs_added"].as_u64().unwrap() > 0, "{s:#}");
     // `unlock` reports the lock of a process that is gone and removes it.
     let out = run_ok(repo.cmd().arg("unlock"));
     assert!(String::from_utf8_lossy(&out.stdout).contains("is gone"));
@@ -465,8 +471,9 @@ fn a_killed_backup_holds_back_deletion_until_its_lock_is_stale() {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["finished_deletions"], 1, "{r:#}");
     assert!(r["packs_removed"].as_u64().unwrap() > 0);
-    assert!(repo.stored_bytes("data") < pack_bytes);
-    restore(&repo, "latest");
+    assert!(repo.stored_bytes("data") < pack_bytes + 300_000);
+    let back = restore(&repo, "latest");
+    assert_same_tree(&src, &back.join(src.strip_prefix("/").unwrap()));
 }
 
 #[test]
