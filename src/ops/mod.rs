@@ -2,8 +2,10 @@
 
 pub mod backup;
 pub mod browse;
+pub mod check;
 mod command;
 pub mod dump;
+pub mod repair;
 pub mod restore;
 pub mod select;
 pub mod walk;

@@ -29,7 +29,17 @@ pub fn run(cli: Cli) -> Result<u8> {
     let g = &cli.global;
     match cli.command {
         Command::Init(a) => init(g, a),
-        Command::Backup(a) => backup_cmd(g, *a),
+        Command::Backup(a) => {
+            let (metrics, started) = (a.metrics_file.clone(), std::time::Instant::now());
+            let r = backup_cmd(g, *a);
+            if let (Err(_), Some(path)) = (&r, &metrics) {
+                let repo = g.repo.as_deref().unwrap_or_default();
+                if let Err(e) = crate::check::backup_metrics(path, repo, None, started.elapsed()) {
+                    eprintln!("warning: {e:#}");
+                }
+            }
+            r
+        }
         Command::Snapshots => snapshots(g),
         Command::Ls(a) => ls(g, a),
         Command::Restore(a) => restore_cmd(g, a),
@@ -39,6 +49,8 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Stats(a) => crate::browse::stats(g, a),
         Command::Key(k) => key(g, k),
         Command::Cat(c) => cat(g, c),
+        Command::Check(a) => crate::check::check(g, a),
+        Command::Repair(r) => crate::check::repair(g, r),
     }
 }
 
@@ -134,7 +146,7 @@ fn s3_options(g: &Global) -> Result<S3Options> {
     })
 }
 
-fn open(g: &Global) -> Result<Repository> {
+pub(crate) fn open(g: &Global) -> Result<Repository> {
     let url = repo_url(g)?;
     let store = backend::open(url, false, &s3_options(g)?)?;
     let pw = password(g, false)?;
@@ -241,6 +253,7 @@ fn backup_options(g: &Global, a: &BackupArgs, repo: &IndexedRepository) -> Resul
         parent,
         force: a.force,
         dry_run: a.dry_run,
+        verify_new: a.verify_new,
         select: SelectOptions {
             excludes,
             iexcludes: a.iexcludes.clone(),
@@ -297,6 +310,10 @@ fn backup_cmd(g: &Global, a: BackupArgs) -> Result<u8> {
     let done = backup::backup(&repo, source, &opts, &progress);
     reporter.finish();
     let done = done?;
+    if let Some(path) = &a.metrics_file {
+        let elapsed = std::time::Duration::from_millis(done.snapshot.summary.duration_ms);
+        crate::check::backup_metrics(path, repo_url(g)?, Some(&done), elapsed)?;
+    }
     let s = &done.snapshot.summary;
     let short = done
         .id
@@ -319,6 +336,7 @@ fn backup_cmd(g: &Global, a: BackupArgs) -> Result<u8> {
             "complete": done.snapshot.complete,
             "problems": done.problems,
             "summary": s,
+            "verified": done.verified.map(|(packs, bytes)| serde_json::json!({"packs": packs, "bytes": bytes})),
         });
         println!("{line}");
     } else if !g.quiet {
