@@ -6,6 +6,7 @@ mod common;
 mod backend;
 mod backup;
 mod cache;
+mod check;
 mod decoders;
 mod errors;
 mod keys;

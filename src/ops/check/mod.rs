@@ -350,8 +350,8 @@ impl<'r> Checker<'r> {
             // files read now were written before those files, so list data/ after.
             self.refresh_index()?;
             listed = self.list_packs()?;
-            let mut absent = absent;
-            absent.extend(self.classify(&listed));
+            // Packs still absent are still `Unknown`, so they come back here.
+            let absent = self.classify(&listed);
             self.settle_absent(&absent);
         }
         let wrong: Vec<(u32, String, String)> = self
