@@ -10,6 +10,7 @@ mod check;
 mod decoders;
 mod errors;
 mod keys;
+mod repair;
 mod restore;
 mod roundtrip;
 mod s3;
