@@ -587,3 +587,162 @@ fn pack_removed_by_a_prune_in_progress_is_not_damage() {
         "{r:#}"
     );
 }
+
+/// The main cases on the S3 test server: the store is reached only through S3.
+mod on_s3 {
+    use std::path::{Path, PathBuf};
+
+    use assert_cmd::Command;
+    use cairn::format::{BlobType, NodeKind};
+
+    use super::{affected, check_cmd, damage_of, flip_byte};
+    use crate::common::s3::{S3Server, SECRET};
+    use crate::common::{PASSWORD, data, run_ok};
+
+    struct S3Fixture {
+        tmp: tempfile::TempDir,
+        server: S3Server,
+        url: String,
+        src: PathBuf,
+        snap: String,
+    }
+
+    impl S3Fixture {
+        fn new() -> Self {
+            let tmp = tempfile::tempdir().unwrap();
+            let server = S3Server::start(&tmp.path().join("s3"));
+            let url = server.url("repo");
+            let src = tmp.path().join("src");
+            std::fs::create_dir_all(src.join("d")).unwrap();
+            for i in 0..8u64 {
+                std::fs::write(src.join(format!("d/f{i}")), data(300_000, 500 + i)).unwrap();
+            }
+            let f = S3Fixture {
+                tmp,
+                server,
+                url,
+                src,
+                snap: String::new(),
+            };
+            run_ok(
+                f.cmd()
+                    .args(["init", "--kdf-memory-kib", "1024", "--pack-size-mib", "1"]),
+            );
+            let out = run_ok(f.cmd().args(["backup", "--json"]).arg(&f.src));
+            let snap = crate::common::last_json_line(&out.stdout)["snapshot_id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            S3Fixture { snap, ..f }
+        }
+
+        fn cmd(&self) -> Command {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+            c.env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("CAIRN_REPOSITORY", &self.url)
+                .env("CAIRN_PASSWORD", PASSWORD)
+                .env("CAIRN_CACHE_DIR", self.tmp.path().join("cache"))
+                .env("AWS_ACCESS_KEY_ID", "cairn-full")
+                .env("AWS_SECRET_ACCESS_KEY", SECRET);
+            c
+        }
+
+        /// The stored file of an object (`data/ab/ab…`, `index/…`) on the server.
+        fn file(&self, object: &str) -> PathBuf {
+            self.server
+                .root
+                .join(crate::common::s3::BUCKET)
+                .join("repo")
+                .join(object)
+        }
+
+        fn path(&self, rel: &str) -> String {
+            self.src.join(rel).display().to_string()
+        }
+
+        /// The object name of the pack holding the first blob of `rel`, and its place.
+        fn blob_of(&self, rel: &str) -> (String, u64, u32) {
+            let store =
+                cairn::backend::open(&self.url, false, &self.server.options("cairn-full")).unwrap();
+            let opts = cairn::repository::RepoOptions {
+                cache_dir: Some(self.tmp.path().join("libcache")),
+                connections: 2,
+            };
+            let lib = cairn::Repository::open(store, PASSWORD.as_bytes(), opts)
+                .unwrap()
+                .into_indexed()
+                .unwrap();
+            let (_, snap) = lib.find_snapshot(&self.snap).unwrap();
+            let node = cairn::ops::walk::find_node(&lib, &snap.tree, Path::new(&self.path(rel)))
+                .unwrap()
+                .unwrap();
+            let NodeKind::File { content } = node.kind else {
+                panic!()
+            };
+            let loc = lib.locate(BlobType::Data, &content[0]).unwrap();
+            let hex = loc.pack.to_hex();
+            (format!("data/{}/{hex}", &hex[..2]), loc.offset, loc.length)
+        }
+    }
+
+    #[test]
+    fn flipped_byte_is_found_by_the_data_check() {
+        let f = S3Fixture::new();
+        let (code, _) = check_cmd(&mut f.cmd(), &["--read-data"]);
+        assert_eq!(code, 0);
+        let (pack, offset, length) = f.blob_of("d/f2");
+        flip_byte(&f.file(&pack), offset + length as u64 / 2);
+        let (code, r) = check_cmd(&mut f.cmd(), &["--read-data"]);
+        assert_eq!(code, 1);
+        let d = damage_of(&r, "blob", &pack);
+        assert!(
+            affected(d).contains(&(f.snap.clone(), f.path("d/f2"))),
+            "{d:#}"
+        );
+    }
+
+    #[test]
+    fn deleted_pack_and_stray_pack() {
+        let f = S3Fixture::new();
+        let (pack, _, _) = f.blob_of("d/f5");
+        std::fs::remove_file(f.file(&pack)).unwrap();
+        let stray_hex = blake3::hash(b"stray on s3").to_hex().to_string();
+        let stray = format!("data/{}/{stray_hex}", &stray_hex[..2]);
+        std::fs::create_dir_all(f.file(&stray).parent().unwrap()).unwrap();
+        std::fs::write(f.file(&stray), data(4000, 3)).unwrap();
+        let (code, r) = check_cmd(&mut f.cmd(), &[]);
+        assert_eq!(code, 1);
+        let d = damage_of(&r, "pack_missing", &pack);
+        assert!(
+            affected(d).contains(&(f.snap.clone(), f.path("d/f5"))),
+            "{d:#}"
+        );
+        let u = r["unreferenced_packs"].as_array().unwrap();
+        assert_eq!(u.len(), 1, "{r:#}");
+        assert_eq!(u[0]["name"], stray.as_str());
+    }
+
+    #[test]
+    fn deleted_index_is_rebuilt_by_repair_index() {
+        let f = S3Fixture::new();
+        for e in std::fs::read_dir(f.file("index")).unwrap() {
+            std::fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        let (code, r) = check_cmd(&mut f.cmd(), &[]);
+        assert_eq!(code, 1);
+        let roots: Vec<_> = r["damage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(affected)
+            .collect();
+        assert!(roots.contains(&(f.snap.clone(), "/".to_string())), "{r:#}");
+        run_ok(f.cmd().args(["repair", "index"]));
+        let (code, r) = check_cmd(&mut f.cmd(), &["--read-data"]);
+        assert_eq!(code, 0, "{r:#}");
+        let target = f.tmp.path().join("out");
+        run_ok(f.cmd().args(["restore", "latest", "--target"]).arg(&target));
+        crate::common::assert_same_tree(&f.src, &target.join(f.src.strip_prefix("/").unwrap()));
+    }
+}
