@@ -29,6 +29,7 @@ pub mod crypto;
 pub mod error;
 pub mod format;
 pub mod id;
+pub mod metrics;
 pub mod ops;
 pub mod repository;
 pub mod util;

@@ -161,6 +161,10 @@ fn stress(t: Target) {
             let mut n = 0;
             while !done.load(Ordering::SeqCst) || n == 0 {
                 restore_and_compare(&t, "c-read", &kept, &keep_src, &kept_copy);
+                // A check beside the backups and prunes finds no damage either.
+                let out = t.ok("c-read", &["check", "--json"]);
+                let r: serde_json::Value = serde_json::from_slice(&out).unwrap();
+                assert!(r["damage"].as_array().unwrap().is_empty(), "{r:#}");
                 n += 1;
             }
             n
@@ -198,6 +202,7 @@ fn stress(t: Target) {
         WORKERS + 1,
         "one per host and the protected one: {ids:?}"
     );
+    t.ok("c-final", &["check", "--read-data"]);
     let expected = expected.lock().unwrap();
     for id in ids {
         if id == kept {

@@ -278,15 +278,32 @@ fn prune_with_max_unused_0_leaves_about_what_a_fresh_backup_stores() {
         backup_at(&repo, &src, &format!("2026-11-0{}T03:00:00Z", day + 1), &[]);
     }
     let before = repo_bytes(&repo.path);
-    let out = run_ok(repo.cmd().args([
-        "forget",
-        "--keep-last",
-        "1",
-        "--prune",
-        "--max-unused",
-        "0%",
-        "--json",
-    ]));
+    let metrics = repo.tmp.path().join("forget.prom");
+    let out = run_ok(
+        repo.cmd()
+            .args([
+                "forget",
+                "--keep-last",
+                "1",
+                "--prune",
+                "--max-unused",
+                "0%",
+                "--json",
+            ])
+            .arg("--metrics-file")
+            .arg(&metrics),
+    );
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    let label = format!("{{repository=\"{}\"}}", repo.path.display());
+    for line in [
+        format!("cairn_forget_success{label} 1"),
+        format!("cairn_forget_snapshots_removed{label} 4"),
+        format!("cairn_snapshots{label} 1"),
+        format!("cairn_prune_unused_bytes_after{label} 0"),
+    ] {
+        assert!(prom.lines().any(|l| l == line), "no `{line}` in\n{prom}");
+    }
+    assert!(prom.contains("cairn_prune_bytes_freed"));
     let text = String::from_utf8_lossy(&out.stdout);
     let mut docs = serde_json::Deserializer::from_str(&text).into_iter::<serde_json::Value>();
     docs.next().unwrap().unwrap();
@@ -359,7 +376,14 @@ fn a_second_prune_waits_for_the_first_or_gives_up_with_exit_11() {
     // A prune holds the lock (this test process), and then dies without a word.
     let held = library_repo(&repo.path, &repo.tmp.path().join("c2"), None);
     let lock = held.announce(cairn::format::LockKind::Prune).unwrap();
-    let out = repo.cmd().arg("prune").output().unwrap();
+    let metrics = repo.tmp.path().join("prune.prom");
+    let out = repo
+        .cmd()
+        .arg("prune")
+        .arg("--metrics-file")
+        .arg(&metrics)
+        .output()
+        .unwrap();
     assert_eq!(
         out.status.code(),
         Some(11),
@@ -368,6 +392,12 @@ fn a_second_prune_waits_for_the_first_or_gives_up_with_exit_11() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is pruning") && err.contains("pid"), "{err}");
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        prom.lines()
+            .any(|l| l.starts_with("cairn_prune_success{") && l.ends_with("} 0")),
+        "{prom}"
+    );
 
     // Released while the second one waits: it goes ahead.
     let waiter = std::thread::spawn({
@@ -452,6 +482,18 @@ fn a_killed_backup_holds_back_deletion_until_its_lock_is_stale() {
     assert_eq!(waiting.len(), 1, "{r:#}");
     assert!(waiting[0].as_str().unwrap().contains("backup by"));
     let pack_bytes = repo.stored_bytes("data");
+    // Packs awaiting deletion are neither damage nor unreferenced for `check`, and
+    // `repair index` leaves them out of the index.
+    let out = run_ok(repo.cmd().args(["check", "--read-data", "--json"]));
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(c["damage"].as_array().unwrap().is_empty(), "{c:#}");
+    assert!(
+        c["unreferenced_packs"].as_array().unwrap().is_empty(),
+        "{c:#}"
+    );
+    let out = run_ok(repo.cmd().args(["repair", "index", "--dry-run", "--json"]));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["packs_added"].as_array().unwrap().is_empty(), "{r:#}");
 
     // A second prune before the lock is stale still waits.
     let out = run_ok(repo.cmd().args(["prune", "--json"]));
@@ -462,7 +504,10 @@ fn a_killed_backup_holds_back_deletion_until_its_lock_is_stale() {
     write_files(&src, &[("a", data(300_000, 1)), ("b", data(300_000, 2))]);
     let out = run_ok(repo.cmd().args(["backup", "--json", "--force"]).arg(&src));
     let s = crate::common::last_json_line(&out.stdout);
-    assert!(s["summary"]["data_blobs_added"].as_u64().unwrap() > 0, "{s:#}");
+    assert!(
+        s["summary"]["data_blobs_added"].as_u64().unwrap() > 0,
+        "{s:#}"
+    );
     // `unlock` reports the lock of a process that is gone and removes it.
     let out = run_ok(repo.cmd().arg("unlock"));
     assert!(String::from_utf8_lossy(&out.stdout).contains("is gone"));

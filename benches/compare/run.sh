@@ -5,8 +5,10 @@
 #   benches/compare/run.sh [--scale S] [--tools "cairn restic borg rustic bupstash"] [--out FILE]
 #
 # Steps per tool: first backup (day 1), days 2-5, an unchanged re-backup, a restore of
-# the last snapshot into tmpfs, then forget of the three oldest snapshots with a prune
-# that repacks (not bupstash, which has no keep policy). Each step: wall time, CPU time, peak RSS (GNU time), and
+# the last snapshot into tmpfs, then CHECK_RUNS (default 1) full data checks per tool
+# (cairn/restic/rustic `check --read-data`, borg `check --verify-data`), interleaved,
+# then forget of the three oldest snapshots with a prune that repacks (not bupstash,
+# which has no keep policy). Each step: wall time, CPU time, peak RSS (GNU time), and
 # the repository size after it. All tools encrypt and use zstd level 3 (restic: its
 # "auto" = zstd default level; Borg 1.2: zstd,3). Page cache is warm for every tool alike
 # (the corpus is read once before the first tool runs), and dirty pages are flushed
@@ -90,6 +92,18 @@ t_forget_prune() { # forget all but the 3 newest snapshots, then prune (repackin
   esac
 }
 
+t_check() { # full data check: every pack downloaded and every blob verified
+  local t=$1
+  local r=$work/repo-$t
+  case $t in
+    cairn) CAIRN_PASSWORD=$PW "$cairn" -q check --read-data --repo "$r" --cache-dir "$work/cache-$t" >/dev/null ;;
+    restic) RESTIC_PASSWORD=$PW RESTIC_CACHE_DIR=$work/cache-$t restic -q check --read-data -r "$r" >/dev/null ;;
+    borg) BORG_PASSPHRASE=$PW BORG_BASE_DIR=$work/borgbase borg check --verify-data "$r" ;;
+    rustic) RUSTIC_PASSWORD=$PW rustic -r "$r" --cache-dir "$work/cache-$t" check --read-data >/dev/null 2>&1 ;;
+    bupstash) echo "note: bupstash has no data check step here" >&2 ;;
+  esac
+}
+
 measure() { # tool step command...
   local t=$1 step=$2; shift 2
   local tf=$work/time.txt
@@ -109,7 +123,7 @@ for t in $tools; do
     *) if have "$t"; then active+=("$t"); else echo "note: $t not installed, skipped" >&2; fi ;;
   esac
 done
-export -f t_backup t_restore t_forget_prune
+export -f t_backup t_restore t_check t_forget_prune
 export cairn work corpus
 
 for t in "${active[@]}"; do t_init "$t" >/dev/null 2>&1; done
@@ -125,6 +139,13 @@ for t in "${active[@]}"; do
   rm -rf "$dest"; mkdir -p "$dest"
   measure "$t" "restore" bash -c "t_restore $t $dest"
   rm -rf "$dest"
+done
+# Full data checks, CHECK_RUNS times each, tools interleaved (median in the table).
+for run in $(seq 1 "${CHECK_RUNS:-1}"); do
+  for t in "${active[@]}"; do
+    [ "$t" = bupstash ] && continue
+    measure "$t" "check$run" bash -c "t_check $t"
+  done
 done
 # Six snapshots (days 1-5 and the unchanged one): forget the three oldest and prune.
 for t in "${active[@]}"; do

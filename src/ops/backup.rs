@@ -66,6 +66,8 @@ pub struct BackupOptions {
     /// Read and chunk everything, write nothing.
     pub dry_run: bool,
     pub select: SelectOptions,
+    /// Download and verify the packs this backup wrote before writing the snapshot.
+    pub verify_new: bool,
 }
 
 /// Live counters, readable from another thread for progress display.
@@ -90,6 +92,8 @@ pub struct BackupResult {
     pub id: Option<SnapshotId>,
     pub snapshot: Snapshot,
     pub problems: Vec<Problem>,
+    /// With `verify_new`: packs and bytes read back and verified.
+    pub verified: Option<(u64, u64)>,
 }
 
 pub(super) struct Ctx<'a> {
@@ -179,6 +183,12 @@ fn run(
     parent: Option<(SnapshotId, Snapshot)>,
     announcement: Option<&Announcement>,
 ) -> Result<BackupResult> {
+    // Index files already there; --verify-new reads the packs of the ones added since.
+    let before = if opts.verify_new && !opts.dry_run {
+        Some(super::check::list_index_files(repo)?)
+    } else {
+        None
+    };
     let writer = if opts.dry_run {
         repo.dry_run_writer()
     } else {
@@ -215,6 +225,10 @@ fn run(
         (w, _) => w?,
     };
     let stats = finished?;
+    let verified = match before {
+        None => None,
+        Some(before) => Some(verify_new(repo, before)?),
+    };
 
     let mut snap = Snapshot::new(tree, paths);
     snap.host = host;
@@ -251,7 +265,29 @@ fn run(
         id,
         snapshot: snap,
         problems,
+        verified,
     })
+}
+
+/// Read back the packs written since `before` was listed; any damage fails the backup
+/// before its snapshot is written.
+fn verify_new(
+    repo: &IndexedRepository,
+    before: std::collections::HashSet<crate::id::IndexId>,
+) -> Result<(u64, u64)> {
+    let v = super::check::verify_new_packs(repo, before)?;
+    match v.damage.first() {
+        None => Ok((v.packs, v.bytes)),
+        Some(d) => Err(Error::integrity(
+            &d.object,
+            format!(
+                "{} ({} damaged object(s) found by --verify-new); no snapshot was written. \
+                 Run `cairn check --read-data`, then `cairn repair index`",
+                d.message,
+                v.damage.len()
+            ),
+        )),
+    }
 }
 
 /// The parent snapshot: the one asked for, or the latest complete-or-not snapshot of

@@ -2,10 +2,12 @@
 
 pub mod backup;
 pub mod browse;
+pub mod check;
 mod command;
 pub mod dump;
 pub mod forget;
 pub mod prune;
+pub mod repair;
 pub mod restore;
 pub mod select;
 pub mod walk;

@@ -126,6 +126,12 @@ pub enum Command {
     Unprotect(ProtectArgs),
     /// Remove lock objects of operations that ended or went stale.
     Unlock(UnlockArgs),
+    /// Verify the repository: structure, and with --read-data the data itself.
+    /// Exit 0 when no damage is found, 1 when some is.
+    Check(CheckArgs),
+    /// Repair after damage found by `check`: rebuild the index, or rewrite snapshots.
+    #[command(subcommand)]
+    Repair(RepairCommand),
 }
 
 #[derive(Debug, Args)]
@@ -207,6 +213,13 @@ pub struct BackupArgs {
     /// Show what would be stored and how much; write nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+    /// Read back and verify every pack this backup wrote before writing the snapshot.
+    #[arg(long)]
+    pub verify_new: bool,
+    /// Write a Prometheus textfile with this backup's figures (node_exporter's
+    /// textfile collector).
+    #[arg(long)]
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -344,6 +357,9 @@ pub struct PruneArgs {
     /// Repack at most this much per run (e.g. 10GiB).
     #[arg(long)]
     pub max_repack: Option<String>,
+    /// Write a Prometheus textfile with the result (node_exporter's textfile collector).
+    #[arg(long)]
+    pub metrics_file: Option<PathBuf>,
     #[command(flatten)]
     pub lock: LockArgs,
 }
@@ -433,6 +449,63 @@ pub struct UnlockArgs {
     /// process works on this repository.
     #[arg(long)]
     pub remove_all: bool,
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Download every pack and verify every blob in it.
+    #[arg(long, conflicts_with = "read_data_subset")]
+    pub read_data: bool,
+    /// Verify part of the data: n/m (by pack id: 1/7 to 7/7 on seven days read every
+    /// pack once), a random share (5%) or a random amount (500MiB).
+    #[arg(long, value_name = "n/m|P%|SIZE", value_parser = parse_read_data)]
+    pub read_data_subset: Option<cairn::ops::check::ReadData>,
+    /// Write a Prometheus textfile with the result (node_exporter's textfile collector).
+    #[arg(long)]
+    pub metrics_file: Option<PathBuf>,
+}
+
+fn parse_read_data(s: &str) -> Result<cairn::ops::check::ReadData, String> {
+    s.parse().map_err(|e: cairn::Error| e.to_string())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepairCommand {
+    /// Rebuild the index from the packs' headers (after index files were lost or
+    /// damaged). Replaces every index file.
+    Index(RepairIndexArgs),
+    /// Write new snapshots without the parts that cannot be read (listed in them).
+    Snapshots(RepairSnapshotsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RepairIndexArgs {
+    /// Show what would change; write and delete nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Read the header of every pack, not only of packs the index does not describe.
+    #[arg(long)]
+    pub read_all_packs: bool,
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RepairSnapshotsArgs {
+    /// Snapshots to repair (default: all).
+    pub snapshots: Vec<String>,
+    /// Show what would be removed; write nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Remove each damaged snapshot once its repaired version is written.
+    #[arg(long)]
+    pub forget: bool,
+    /// Verify pack data first so that damaged blobs are found too (slow: reads
+    /// everything).
+    #[arg(long)]
+    pub read_data: bool,
     #[command(flatten)]
     pub lock: LockArgs,
 }

@@ -29,7 +29,17 @@ pub fn run(cli: Cli) -> Result<u8> {
     let g = &cli.global;
     match cli.command {
         Command::Init(a) => init(g, a),
-        Command::Backup(a) => backup_cmd(g, *a),
+        Command::Backup(a) => {
+            let (metrics, started) = (a.metrics_file.clone(), std::time::Instant::now());
+            let r = backup_cmd(g, *a);
+            if let (Err(_), Some(path)) = (&r, &metrics) {
+                let repo = g.repo.as_deref().unwrap_or_default();
+                if let Err(e) = crate::check::backup_metrics(path, repo, None, started.elapsed()) {
+                    eprintln!("warning: {e:#}");
+                }
+            }
+            r
+        }
         Command::Snapshots => snapshots(g),
         Command::Ls(a) => ls(g, a),
         Command::Restore(a) => restore_cmd(g, a),
@@ -44,6 +54,8 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Protect(a) => crate::retention::protect(g, a, true),
         Command::Unprotect(a) => crate::retention::protect(g, a, false),
         Command::Unlock(a) => crate::retention::unlock(g, a),
+        Command::Check(a) => crate::check::check(g, a),
+        Command::Repair(r) => crate::check::repair(g, r),
     }
 }
 
@@ -257,6 +269,7 @@ fn backup_options(g: &Global, a: &BackupArgs, repo: &IndexedRepository) -> Resul
         parent,
         force: a.force,
         dry_run: a.dry_run,
+        verify_new: a.verify_new,
         select: SelectOptions {
             excludes,
             iexcludes: a.iexcludes.clone(),
@@ -314,6 +327,10 @@ fn backup_cmd(g: &Global, a: BackupArgs) -> Result<u8> {
     let done = backup::backup(&repo, source, &opts, &progress);
     reporter.finish();
     let done = done?;
+    if let Some(path) = &a.metrics_file {
+        let elapsed = std::time::Duration::from_millis(done.snapshot.summary.duration_ms);
+        crate::check::backup_metrics(path, repo_url(g)?, Some(&done), elapsed)?;
+    }
     let s = &done.snapshot.summary;
     let short = done
         .id
@@ -336,6 +353,7 @@ fn backup_cmd(g: &Global, a: BackupArgs) -> Result<u8> {
             "complete": done.snapshot.complete,
             "problems": done.problems,
             "summary": s,
+            "verified": done.verified.map(|(packs, bytes)| serde_json::json!({"packs": packs, "bytes": bytes})),
         });
         println!("{line}");
     } else if !g.quiet {

@@ -1,6 +1,7 @@
 //! The `cairn` command. Thin: parse, call the library, print, map errors to exit codes.
 
 mod browse;
+mod check;
 mod cli;
 mod commands;
 mod progress;

@@ -1,10 +1,12 @@
 //! forget, prune, protect, unprotect, unlock.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use anyhow::{Result, bail};
 use cairn::format::{LockKind, Snapshot};
 use cairn::id::SnapshotId;
+use cairn::metrics::Metrics;
 use cairn::ops::forget::{self, Candidate, Decision, GroupBy, KeepPolicy, Period};
 use cairn::ops::prune::{self, MaxUnused, PruneOptions, PruneReport};
 use cairn::repository::{OpState, Repository};
@@ -93,7 +95,21 @@ struct GroupOut<'a> {
 }
 
 pub fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
-    let policy = policy(&a);
+    let started = Instant::now();
+    let done = forget_run(g, &a);
+    if let Some(path) = &a.prune_args.metrics_file {
+        let (forgot, report) = match &done {
+            Ok((n, r)) => (Some(*n), r.as_ref()),
+            Err(_) => (None, None),
+        };
+        write_metrics(g, path, forgot, report, a.prune, started)?;
+    }
+    done.map(|_| exit::OK)
+}
+
+/// Forget, and prune when asked: (snapshots removed, the prune's report).
+fn forget_run(g: &Global, a: &ForgetArgs) -> Result<(usize, Option<PruneReport>)> {
+    let policy = policy(a);
     if !a.snapshots.is_empty() && !policy.is_empty() {
         bail!("give snapshot ids or a keep policy, not both");
     }
@@ -133,7 +149,7 @@ pub fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
         let snaps: Vec<_> = repo
             .snapshots()?
             .into_iter()
-            .filter(|(_, s)| selected(&a, s))
+            .filter(|(_, s)| selected(a, s))
             .collect();
         let groups = forget::group(snaps, by);
         let mut out = Vec::new();
@@ -219,19 +235,134 @@ pub fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
             println!("removed {} snapshots", remove.len());
         }
     }
+    let removed = if a.dry_run { 0 } else { remove.len() };
     if a.prune {
         let report = prune::prune(repo, &prune_opts)?;
         print_prune(g, &report)?;
+        return Ok((removed, Some(report)));
     }
-    Ok(exit::OK)
+    Ok((removed, None))
 }
 
 pub fn prune_cmd(g: &Global, dry_run: bool, a: &PruneArgs) -> Result<u8> {
-    let opts = prune_options(a, dry_run)?;
-    let repo = open(g)?;
-    let report = prune::prune(repo, &opts)?;
-    print_prune(g, &report)?;
+    let started = Instant::now();
+    let done = prune_options(a, dry_run).and_then(|opts| Ok(prune::prune(open(g)?, &opts)?));
+    if let Some(path) = &a.metrics_file {
+        write_metrics(g, path, None, done.as_ref().ok(), true, started)?;
+    }
+    print_prune(g, &done?)?;
     Ok(exit::OK)
+}
+
+/// The metrics file of a forget (`forgot`: snapshots removed, `None` when it failed)
+/// and of a prune (`pruned`: whether one was asked for; `report`: its result).
+fn write_metrics(
+    g: &Global,
+    path: &std::path::Path,
+    forgot: Option<usize>,
+    report: Option<&PruneReport>,
+    pruned: bool,
+    started: Instant,
+) -> Result<()> {
+    let repo_name = g.repo.clone().unwrap_or_default();
+    let l = [("repository", repo_name.as_str())];
+    let now = chrono::Utc::now().timestamp();
+    let mut m = Metrics::new();
+    let job = if forgot.is_some() || !pruned {
+        "forget"
+    } else {
+        "prune"
+    };
+    m.gauge(
+        &format!("cairn_{job}_last_run_timestamp_seconds"),
+        "When the job ended (Unix seconds).",
+        &l,
+        now as f64,
+    );
+    let ok = if pruned {
+        report.is_some()
+    } else {
+        forgot.is_some()
+    };
+    m.gauge(
+        &format!("cairn_{job}_success"),
+        "1 when the job succeeded.",
+        &l,
+        ok as u8 as f64,
+    );
+    m.gauge(
+        &format!("cairn_{job}_duration_seconds"),
+        "Duration of the job.",
+        &l,
+        started.elapsed().as_secs_f64(),
+    );
+    if let Some(n) = forgot {
+        m.gauge(
+            "cairn_forget_snapshots_removed",
+            "Snapshots the last forget removed.",
+            &l,
+            n as f64,
+        );
+    }
+    if let Some(r) = report {
+        for (name, help, v) in [
+            (
+                "cairn_prune_packs_removed",
+                "Packs the last prune removed.",
+                r.packs_removed as f64,
+            ),
+            (
+                "cairn_prune_bytes_freed",
+                "Bytes the last prune freed.",
+                r.bytes_freed as f64,
+            ),
+            (
+                "cairn_prune_packs_repacked",
+                "Packs the last prune repacked.",
+                r.repack_packs.len() as f64,
+            ),
+            (
+                "cairn_prune_repack_bytes_downloaded",
+                "Bytes the last prune read to repack.",
+                r.repack_download_bytes as f64,
+            ),
+            (
+                "cairn_prune_repack_bytes_uploaded",
+                "Bytes the last prune wrote when repacking.",
+                r.repack_upload_bytes as f64,
+            ),
+            (
+                "cairn_prune_pack_bytes",
+                "Bytes of indexed packs before the last prune.",
+                r.pack_bytes as f64,
+            ),
+            (
+                "cairn_prune_unused_bytes_after",
+                "Unused bytes left in packs after the last prune.",
+                r.unused_bytes_after as f64,
+            ),
+            (
+                "cairn_prune_deletions_waiting",
+                "Deletion records waiting for running backups.",
+                r.waiting.len() as f64,
+            ),
+            (
+                "cairn_prune_stale_locks",
+                "Stale locks the last prune ignored.",
+                r.stale_locks.len() as f64,
+            ),
+        ] {
+            m.gauge(name, help, &l, v);
+        }
+    }
+    // Snapshot counts and ages, as after the job; best effort when the job failed.
+    if let Ok(repo) = open(g) {
+        if let Ok(snaps) = repo.snapshots() {
+            m.snapshots(&repo_name, &snaps, now);
+        }
+    }
+    m.write_file(path)?;
+    Ok(())
 }
 
 fn print_prune(g: &Global, r: &PruneReport) -> Result<()> {
