@@ -15,6 +15,10 @@ pub struct Deletion {
     /// Operations (backups) that ran while prune worked out what is unused; the packs
     /// go only when each has finished or gone stale.
     pub wait_for: Vec<Id>,
+    /// Written before the index files naming these packs are removed, so readers always
+    /// find them, and replaced by a final record once `wait_for` is known. A prune that
+    /// finds one (its writer died) marks the packs again instead of carrying it out.
+    pub provisional: bool,
     /// The packs, with the blobs each holds (empty for a pack whose header could not be
     /// read), so a blob a waited-for backup came to use can be put back in the index.
     pub packs: Vec<IndexPack>,
@@ -26,7 +30,15 @@ impl Deletion {
             version: VERSION,
             time: Timestamp::now(),
             wait_for,
+            provisional: false,
             packs,
+        }
+    }
+
+    pub fn provisional(packs: Vec<IndexPack>) -> Self {
+        Deletion {
+            provisional: true,
+            ..Deletion::new(Vec::new(), packs)
         }
     }
 }

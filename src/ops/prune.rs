@@ -291,7 +291,19 @@ fn run(
     let mut pending_packs: HashSet<PackId> = HashSet::new();
     let mut waiting_blobs: HashSet<(BlobType, BlobId)> = HashSet::new();
     let mut rescue_files = Vec::new();
+    // Provisional records of a prune that died: their packs are marked again below.
+    let mut provisional: Vec<(Id, Deletion)> = Vec::new();
     for (del_id, del) in read_deletions(repo)? {
+        if del.provisional {
+            waiting_blobs.extend(
+                del.packs
+                    .iter()
+                    .flat_map(|p| p.blobs.iter().map(|b| (b.ty, b.id))),
+            );
+            pending_packs.extend(del.packs.iter().map(|p| p.id));
+            provisional.push((del_id, del));
+            continue;
+        }
         let waiting: Vec<_> = del.wait_for.iter().filter(|op| !ended(op)).collect();
         if !waiting.is_empty() {
             let who: Vec<String> = waiting
@@ -396,6 +408,31 @@ fn run(
             f.packs.iter().map(|p| p.blobs.len()).sum::<usize>() < BLOBS_PER_INDEX_FILE / 2
         })
         .count();
+    // 7. Mark. A provisional record first, so that readers find the packs leaving
+    // the index at every moment; the final one once the backups to wait for are known.
+    for id in &gone {
+        let p = &packs[id];
+        marked.push(IndexPack {
+            id: *id,
+            size: p.size,
+            blobs: p.blobs.clone(),
+        });
+    }
+    for (_, del) in &provisional {
+        marked.extend(
+            del.packs
+                .iter()
+                .filter(|p| !packs.contains_key(&p.id))
+                .cloned(),
+        );
+    }
+    let mut replaced: Vec<Id> = provisional.iter().map(|(id, _)| *id).collect();
+    if !gone.is_empty() {
+        replaced.push(write_deletion(
+            repo,
+            &Deletion::provisional(marked.clone()),
+        )?);
+    }
     if gone.is_empty() && small < SMALL_INDEX_FILES {
         report.index_files_after = index_files.len() + rescue_files.len();
     } else {
@@ -409,19 +446,48 @@ fn run(
             &mut report,
         )?;
     }
-    // 7. Mark, and remove at once when no backup can have read the old index.
-    for id in &gone {
-        let p = &packs[id];
-        marked.push(IndexPack {
-            id: *id,
-            size: p.size,
-            blobs: p.blobs.clone(),
-        });
-    }
     if marked.is_empty() {
         return Ok(report);
     }
-    mark_and_remove(repo, opts, me, &done, marked, report)
+    // What the index holds now, for packs removed at once.
+    let mut after: BTreeMap<PackId, PackState> = packs
+        .into_iter()
+        .filter(|(id, _)| !gone.contains(id))
+        .collect();
+    for (_, f) in &new_files {
+        for p in &f.packs {
+            after.insert(
+                p.id,
+                PackState {
+                    size: p.size,
+                    blobs: p.blobs.clone(),
+                },
+            );
+        }
+    }
+    let now = Marked {
+        used: &used,
+        after: &after,
+        on_store: &on_store,
+    };
+    mark_and_remove(repo, opts, me, &done, marked, &replaced, now, report)
+}
+
+/// What removing packs at once checks against.
+struct Marked<'a> {
+    used: &'a HashSet<(BlobType, BlobId)>,
+    after: &'a BTreeMap<PackId, PackState>,
+    on_store: &'a HashMap<PackId, u64>,
+}
+
+fn write_deletion(repo: &IndexedRepository, del: &Deletion) -> Result<Id> {
+    let id = Id::random();
+    let bytes = format::seal_object(repo.key(), aad::DELETION, 3, del);
+    repo.block_on(
+        repo.backend()
+            .create(&names::deletion(&id), Bytes::from(bytes)),
+    )?;
+    Ok(id)
 }
 
 /// Write index files naming every kept pack, then remove the files they replace.
@@ -462,12 +528,15 @@ fn consolidate(
 
 /// Record `marked` for deletion with the backups that may use them, and remove them at
 /// once when there are none.
+#[allow(clippy::too_many_arguments)]
 fn mark_and_remove(
     repo: &IndexedRepository,
     opts: &PruneOptions,
     me: &Announcement,
     done: &HashSet<Id>,
     marked: Vec<IndexPack>,
+    replaced: &[Id],
+    state: Marked,
     mut report: PruneReport,
 ) -> Result<PruneReport> {
     let now = repo.locks(opts.stale_after, Some(me.op()))?;
@@ -478,18 +547,28 @@ fn mark_and_remove(
         .map(|o| o.op)
         .collect();
     let del = Deletion::new(wait_for.clone(), marked);
-    let del_id = Id::random();
-    let bytes = format::seal_object(repo.key(), aad::DELETION, 3, &del);
-    repo.block_on(
-        repo.backend()
-            .create(&names::deletion(&del_id), Bytes::from(bytes)),
-    )?;
+    let del_id = write_deletion(repo, &del)?;
+    delete_all(repo, replaced.iter().map(names::deletion).collect())?;
     if wait_for.is_empty() {
-        let names: Vec<String> = del.packs.iter().map(|p| names::pack(&p.id)).collect();
-        report.packs_removed += names.len();
-        report.bytes_freed += del.packs.iter().map(|p| p.size).sum::<u64>();
-        delete_all(repo, names)?;
-        delete_all(repo, vec![names::deletion(&del_id)])?;
+        // No backup read the old index; a pack holding a used blob that no kept pack
+        // holds (marked again from a dead prune's provisional record) goes back.
+        let indexed: HashSet<(BlobType, BlobId)> = state
+            .after
+            .values()
+            .flat_map(|p| p.blobs.iter().map(|b| (b.ty, b.id)))
+            .collect();
+        let (restored, removed, freed, _) = carry_out(
+            repo,
+            &del_id,
+            &del,
+            state.used,
+            state.after,
+            &indexed,
+            state.on_store,
+        )?;
+        report.packs_restored += restored;
+        report.packs_removed += removed;
+        report.bytes_freed += freed;
     } else {
         let who: Vec<String> = wait_for
             .iter()
@@ -644,23 +723,30 @@ fn repack(
     if plan.repack.is_empty() {
         return Ok((Vec::new(), 0));
     }
+    let pieces = pieces(packs, plan);
     let writer = repo.repack_writer();
     let connections = repo.options().connections.max(1);
-    let (tx, rx) = std::sync::mpsc::sync_channel::<(PackId, Result<Bytes>)>(connections);
+    // Memory: the pieces in flight, one queued and one being copied, at most
+    // MAX_PIECE bytes each.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(Piece, Result<Bytes>)>(1);
     let backend = repo.backend().clone();
-    let ids = plan.repack.clone();
     let fetcher = repo.runtime().spawn(async move {
-        let mut s = futures::stream::iter(ids)
-            .map(|id| {
+        let mut s = futures::stream::iter(pieces)
+            .map(|p| {
                 let backend = backend.clone();
-                async move { (id, backend.get(&names::pack(&id)).await) }
+                async move {
+                    let r = backend
+                        .get_range(&names::pack(&p.pack), p.start..p.end)
+                        .await;
+                    (p, r)
+                }
             })
-            .buffer_unordered(connections);
+            .buffered(connections);
         while let Some(r) = s.next().await {
             let tx = tx.clone();
-            if tokio::task::spawn_blocking(move || tx.send(r))
+            if tokio::task::spawn_blocking(move || tx.send(r).is_ok())
                 .await
-                .is_err()
+                .map_or(true, |sent| !sent)
             {
                 break;
             }
@@ -668,29 +754,38 @@ fn repack(
     });
     let key = repo.key().clone();
     let copied = (|| {
-        for (id, bytes) in rx.iter() {
+        for (piece, bytes) in rx.iter() {
             let bytes = bytes?;
-            let name = names::pack(&id);
-            let keep: Vec<&PackBlob> = packs[&id]
-                .blobs
-                .iter()
-                .filter(|b| plan.keeper.get(&(b.ty, b.id)) == Some(&id))
-                .collect();
+            let name = names::pack(&piece.pack);
+            let slice = |b: &PackBlob| {
+                let (s, e) = (
+                    b.offset - piece.start,
+                    b.offset - piece.start + b.length as u64,
+                );
+                bytes.get(s as usize..e as usize).ok_or_else(|| {
+                    Error::integrity(
+                        &name,
+                        format!("short read: blob {} ends past the data", b.id),
+                    )
+                })
+            };
             // Check every kept blob before it moves: repacking must not carry damage on.
-            keep.par_iter()
+            piece
+                .blobs
+                .par_iter()
                 .map(|b| {
-                    let end = b.offset + b.length as u64;
-                    let sealed = bytes.get(b.offset as usize..end as usize).ok_or_else(|| {
-                        Error::integrity(&name, format!("{} bytes, blob {} ends at {end}", bytes.len(), b.id))
-                    })?;
-                    format::open_blob(&key, b.ty, &b.id, sealed, Some(b.raw_length))
+                    format::open_blob(&key, b.ty, &b.id, slice(b)?, Some(b.raw_length))
                         .map(|_| ())
-                        .map_err(|e| Error::integrity(&name, format!("{e}; prune stops before moving it. Run `cairn check --read-data`")))
+                        .map_err(|e| {
+                            Error::integrity(
+                                &name,
+                                format!("{e}; prune stops before moving it. Run `cairn check --read-data`"),
+                            )
+                        })
                 })
                 .collect::<Result<()>>()?;
-            for b in keep {
-                let sealed = &bytes[b.offset as usize..(b.offset + b.length as u64) as usize];
-                writer.add_sealed(b.ty, b.id, sealed, b.raw_length as usize)?;
+            for b in &piece.blobs {
+                writer.add_sealed(b.ty, b.id, slice(b)?, b.raw_length as usize)?;
             }
         }
         Ok::<_, Error>(())
@@ -700,6 +795,54 @@ fn repack(
     copied?;
     let (stats, files) = finished?;
     Ok((files, stats.bytes_added))
+}
+
+/// One ranged read of a pack being repacked: kept blobs close together.
+struct Piece {
+    pack: PackId,
+    start: u64,
+    end: u64,
+    blobs: Vec<PackBlob>,
+}
+
+/// Largest ranged read while repacking.
+const MAX_PIECE: u64 = 4 << 20;
+/// Unused bytes between kept blobs that are read rather than skipped with a new request.
+const MAX_GAP: u64 = 256 << 10;
+
+/// The kept blobs of the packs to repack, as ranged reads in pack order.
+fn pieces(packs: &BTreeMap<PackId, PackState>, plan: &Plan) -> Vec<Piece> {
+    let mut out = Vec::new();
+    for id in &plan.repack {
+        let mut keep: Vec<PackBlob> = packs[id]
+            .blobs
+            .iter()
+            .filter(|b| plan.keeper.get(&(b.ty, b.id)) == Some(id))
+            .copied()
+            .collect();
+        keep.sort_by_key(|b| b.offset);
+        let mut cur: Option<Piece> = None;
+        for b in keep {
+            let end = b.offset + b.length as u64;
+            match &mut cur {
+                Some(p) if b.offset <= p.end + MAX_GAP && end - p.start <= MAX_PIECE => {
+                    p.end = p.end.max(end);
+                    p.blobs.push(b);
+                }
+                _ => {
+                    out.extend(cur.take());
+                    cur = Some(Piece {
+                        pack: *id,
+                        start: b.offset,
+                        end,
+                        blobs: vec![b],
+                    });
+                }
+            }
+        }
+        out.extend(cur);
+    }
+    out
 }
 
 /// Blobs per consolidated index file.

@@ -217,7 +217,12 @@ pub(crate) struct Checker<'r> {
     pub stats: CheckStats,
     pub progress: &'r CheckProgress,
     unreferenced_list: Option<Vec<Unreferenced>>,
+    /// Readings of the index taken again for blobs found nowhere.
+    rereads: usize,
 }
+
+/// At most this many readings of the index again per check (see `find_blob`).
+const MAX_REREADS: usize = 3;
 
 /// Where a blob can be read from, as far as the check knows.
 pub(crate) enum Place {
@@ -241,6 +246,7 @@ impl<'r> Checker<'r> {
             stats: CheckStats::default(),
             progress,
             unreferenced_list: None,
+            rereads: 0,
         }
     }
 
@@ -318,6 +324,19 @@ impl<'r> Checker<'r> {
             }
         }
         Ok(())
+    }
+
+    /// Compare packs added by a later reading of the index with `data/`.
+    fn reclassify(&mut self) {
+        if self.idx.packs.iter().any(|p| p.state == PackState::Unknown) {
+            if let Ok(listed) = self.list_packs() {
+                let absent = self.classify(&listed);
+                if !absent.is_empty() {
+                    let _ = self.refresh_index();
+                    self.settle_absent(&absent);
+                }
+            }
+        }
     }
 
     /// Read `index/` (again) from the store.
@@ -496,6 +515,18 @@ impl<'r> Checker<'r> {
         }
         if let Some(&d) = self.missing.get(&(ty, *id)) {
             return Err(d);
+        }
+        // A prune may have moved it between our readings of `deletions/` and `index/`
+        // (a record carried out, its pack put back into a new index file): read both
+        // again, a few times per check, before calling it missing.
+        if !gone && self.rereads < MAX_REREADS {
+            self.rereads += 1;
+            if self.refresh_index().is_ok() {
+                self.reclassify();
+                if !self.idx.places(ty, id).is_empty() {
+                    return self.find_blob(ty, id);
+                }
+            }
         }
         let msg = if gone {
             "its pack was removed during the check and no other pack holds it".to_string()

@@ -108,7 +108,14 @@ fn plan(repo: &IndexedRepository, jobs: &[ContentJob], first: usize, report: Rep
         let j = first + n;
         let mut offset = 0u64;
         for (k, id) in job.content.iter().enumerate() {
-            let loc = match repo.locate(BlobType::Data, id) {
+            // Not found: a prune may have just moved it; read the index again once.
+            let located = repo.locate(BlobType::Data, id).or_else(|e| match e {
+                Error::NotFound { .. } => repo
+                    .block_on(repo.resync_index())
+                    .and_then(|()| repo.locate(BlobType::Data, id)),
+                e => Err(e),
+            });
+            let loc = match located {
                 Ok(l) => l,
                 Err(e) => {
                     report(j, format!("{e}; the file is incomplete from byte {offset}"));
