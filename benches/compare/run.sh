@@ -87,7 +87,9 @@ t_forget_prune() { # forget all but the 3 newest snapshots, then prune (repackin
     restic) RESTIC_PASSWORD=$PW RESTIC_CACHE_DIR=$work/cache-$t restic -q forget -r "$r" --keep-last 3 --prune ;;
     borg) BORG_PASSPHRASE=$PW BORG_BASE_DIR=$work/borgbase borg prune --keep-last 3 "$r" &&
           BORG_PASSPHRASE=$PW BORG_BASE_DIR=$work/borgbase borg compact "$r" ;;
-    rustic) RUSTIC_PASSWORD=$PW rustic -r "$r" --cache-dir "$work/cache-$t" forget --keep-last 3 --prune >/dev/null 2>&1 ;;
+    # rustic by default only marks packs and removes them in a prune 23 hours later:
+    # --instant-delete removes them now, as the others do.
+    rustic) RUSTIC_PASSWORD=$PW rustic -r "$r" --cache-dir "$work/cache-$t" forget --keep-last 3 --prune --instant-delete >/dev/null 2>&1 ;;
     bupstash) echo "bupstash: no forget-by-policy step" >&2 ;;
   esac
 }
