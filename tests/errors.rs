@@ -1,27 +1,6 @@
 //! Bad input gets a clear error and the right exit code, and nothing is lost.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
-use crate::common::{Repo, data};
-
-fn repo_state(root: &Path) -> BTreeMap<String, blake3::Hash> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        if p.is_dir() {
-            for e in std::fs::read_dir(&p).unwrap() {
-                stack.push(e.unwrap().path());
-            }
-        } else {
-            out.insert(
-                p.display().to_string(),
-                blake3::hash(&std::fs::read(&p).unwrap()),
-            );
-        }
-    }
-    out
-}
+use crate::common::{Repo, data, tree_state};
 
 #[test]
 fn wrong_password_exits_12_with_one_line() {
@@ -53,7 +32,7 @@ fn no_repository_exits_10() {
 #[test]
 fn init_on_existing_repository_refuses_and_changes_nothing() {
     let repo = Repo::new();
-    let before = repo_state(&repo.path);
+    let before = tree_state(&repo.path);
     let out = repo
         .cmd()
         .args(["init", "--kdf-memory-kib", "1024"])
@@ -61,7 +40,7 @@ fn init_on_existing_repository_refuses_and_changes_nothing() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
-    assert_eq!(repo_state(&repo.path), before);
+    assert_eq!(tree_state(&repo.path), before);
     // Also with another password.
     let out = repo
         .cmd()
@@ -70,7 +49,7 @@ fn init_on_existing_repository_refuses_and_changes_nothing() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert_eq!(repo_state(&repo.path), before);
+    assert_eq!(tree_state(&repo.path), before);
 }
 
 #[test]

@@ -1,34 +1,15 @@
 //! `repair snapshots` and `repair index` after injected damage: the unreadable parts are
 //! left out and named, everything else stays restorable.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::Value;
 
 use crate::check::{fixture, object_name};
-use crate::common::run_ok;
+use crate::common::{run_ok, tree_state};
 
 fn json(out: &std::process::Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn state(root: &Path) -> BTreeMap<String, blake3::Hash> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        if p.is_dir() {
-            for e in std::fs::read_dir(&p).unwrap() {
-                stack.push(e.unwrap().path());
-            }
-        } else {
-            out.insert(
-                p.display().to_string(),
-                blake3::hash(&std::fs::read(&p).unwrap()),
-            );
-        }
-    }
-    out
 }
 
 #[test]
@@ -47,7 +28,7 @@ fn repair_snapshots_leaves_out_unreadable_files_and_names_them() {
     assert!(lost.contains(&f.path("a/f07")));
 
     // Dry run: the plan, and nothing written.
-    let before = state(&f.repo.path);
+    let before = tree_state(&f.repo.path);
     let plan = json(&run_ok(f.repo.cmd().args([
         "repair",
         "snapshots",
@@ -55,7 +36,7 @@ fn repair_snapshots_leaves_out_unreadable_files_and_names_them() {
         "--json",
     ])));
     assert_eq!(plan["repaired"].as_array().unwrap().len(), 2, "{plan:#}");
-    assert_eq!(state(&f.repo.path), before, "dry run wrote nothing");
+    assert_eq!(tree_state(&f.repo.path), before, "dry run wrote nothing");
 
     let done = json(&run_ok(f.repo.cmd().args([
         "repair",

@@ -258,11 +258,7 @@ fn repo_bytes(p: &Path) -> u64 {
 
 #[test]
 fn prune_with_max_unused_0_leaves_about_what_a_fresh_backup_stores() {
-    let repo = Repo::uninitialized();
-    run_ok(
-        repo.cmd()
-            .args(["init", "--kdf-memory-kib", "1024", "--pack-size-mib", "1"]),
-    );
+    let repo = Repo::with_small_packs();
     let src = repo.tmp.path().join("src");
     // Five days; each day changes half of the files, so old packs are partly used.
     for day in 0..5u64 {
@@ -319,12 +315,7 @@ fn prune_with_max_unused_0_leaves_about_what_a_fresh_backup_stores() {
     assert_eq!(report["unused_bytes_after"], 0);
     let after = repo_bytes(&repo.path);
 
-    let fresh = Repo::uninitialized();
-    run_ok(
-        fresh
-            .cmd()
-            .args(["init", "--kdf-memory-kib", "1024", "--pack-size-mib", "1"]),
-    );
+    let fresh = Repo::with_small_packs();
     run_ok(fresh.cmd().arg("backup").arg(&src));
     let single = repo_bytes(&fresh.path);
     assert!(after < before);
@@ -693,11 +684,7 @@ fn objects(root: &Path, folder: &str) -> Vec<String> {
 
 #[test]
 fn a_prune_killed_at_any_step_and_rerun_ends_where_an_uninterrupted_one_does() {
-    let repo = Repo::uninitialized();
-    run_ok(
-        repo.cmd()
-            .args(["init", "--kdf-memory-kib", "1024", "--pack-size-mib", "1"]),
-    );
+    let repo = Repo::with_small_packs();
     let src = repo.tmp.path().join("src");
     let mut ids = Vec::new();
     for day in 0..4u64 {

@@ -897,19 +897,25 @@ fn read_deletions(repo: &IndexedRepository) -> Result<Vec<(Id, Deletion)>> {
         let Some(id) = o.name.rsplit('/').next().and_then(|h| h.parse::<Id>().ok()) else {
             continue;
         };
-        let bytes = match repo.block_on(repo.backend().get(&o.name)) {
-            Ok(b) => b,
-            Err(Error::NotFound { .. }) => continue,
-            Err(e) => return Err(e),
-        };
-        let del: Deletion = format::open_object(repo.key(), aad::DELETION, &o.name, &bytes)
-            .map_err(|e| {
-                Error::integrity(
-                    o.name.clone(),
-                    format!("{e}; prune stops. If the object is damaged, remove it: its packs then show as unindexed and the next prune handles them"),
-                )
-            })?;
-        out.push((id, del));
+        let read = repo.block_on(crate::repository::read_deletion(
+            repo.backend().as_ref(),
+            repo.key(),
+            &id,
+        ));
+        match read {
+            Ok(Some(del)) => out.push((id, del)),
+            Ok(None) => {}
+            Err(e @ Error::Backend { .. }) => return Err(e),
+            Err(e) => {
+                return Err(Error::integrity(
+                    o.name,
+                    format!(
+                        "{e}; prune stops. If the object is damaged, remove it: its packs then \
+                         show as unindexed and the next prune handles them"
+                    ),
+                ));
+            }
+        }
     }
     Ok(out)
 }

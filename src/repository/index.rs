@@ -248,19 +248,15 @@ impl IndexCache {
                     .collect()
             };
         for id in to_read {
-            let name = names::deletion(&id);
-            let del =
-                match backend.get(&name).await.and_then(|b| {
-                    open_object::<crate::format::Deletion>(key, aad::DELETION, &name, &b)
-                }) {
-                    Ok(d) => d,
-                    Err(Error::NotFound { .. }) => continue,
-                    Err(e @ Error::Backend { .. }) => return Err(e),
-                    Err(e) => {
-                        tracing::warn!("skipping {name}: {e}");
-                        continue;
-                    }
-                };
+            let del = match read_deletion(backend, key, &id).await {
+                Ok(Some(d)) => d,
+                Ok(None) => continue,
+                Err(e @ Error::Backend { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!("skipping {}: {e}", names::deletion(&id));
+                    continue;
+                }
+            };
             let mut batch = WriteBatch::default();
             for p in &del.packs {
                 for b in &p.blobs {
@@ -337,6 +333,20 @@ impl IndexCache {
         drop(fetches);
         self.sync_deletions(backend, key).await?;
         Ok(stats)
+    }
+}
+
+/// Read and open `deletions/<id>`; `None` when it is gone (carried out since listed).
+pub async fn read_deletion(
+    backend: &dyn Backend,
+    key: &MasterKey,
+    id: &crate::id::Id,
+) -> Result<Option<crate::format::Deletion>> {
+    let name = names::deletion(id);
+    match backend.get(&name).await {
+        Ok(b) => open_object(key, aad::DELETION, &name, &b).map(Some),
+        Err(Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

@@ -32,6 +32,16 @@ impl Repo {
         r
     }
 
+    /// A fresh repository with 1 MiB packs (many packs from little data).
+    pub fn with_small_packs() -> Self {
+        let r = Self::uninitialized();
+        r.cmd()
+            .args(["init", "--kdf-memory-kib", "1024", "--pack-size-mib", "1"])
+            .assert()
+            .success();
+        r
+    }
+
     pub fn uninitialized() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("repo");
@@ -309,4 +319,23 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
         assert_eq!(ea, &db[k], "entry {} differs", k.display());
     }
     assert_eq!(ga, gb, "hardlink groups differ");
+}
+
+/// Every file below `root` with the hash of its content.
+pub fn tree_state(root: &Path) -> std::collections::BTreeMap<String, blake3::Hash> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        } else {
+            out.insert(
+                p.display().to_string(),
+                blake3::hash(&std::fs::read(&p).unwrap()),
+            );
+        }
+    }
+    out
 }

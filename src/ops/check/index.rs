@@ -125,19 +125,15 @@ impl MemIndex {
             if self.deletion_records.contains(&id) {
                 continue;
             }
-            let name = names::deletion(&id);
-            let del =
-                match backend.get(&name).await.and_then(|b| {
-                    open_object::<crate::format::Deletion>(key, aad::DELETION, &name, &b)
-                }) {
-                    Ok(d) => d,
-                    Err(Error::NotFound { .. }) => continue,
-                    Err(e @ Error::Backend { .. }) => return Err(e),
-                    Err(e) => {
-                        tracing::warn!("cannot read {name}: {e}");
-                        continue;
-                    }
-                };
+            let del = match crate::repository::read_deletion(backend, key, &id).await {
+                Ok(Some(d)) => d,
+                Ok(None) => continue,
+                Err(e @ Error::Backend { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!("cannot read {}: {e}", names::deletion(&id));
+                    continue;
+                }
+            };
             self.deletion_records.insert(id);
             // A pack also named by an index file (put back by prune) is simply indexed.
             let out: Vec<PackId> = del
