@@ -11,7 +11,7 @@ use cairn::backend::{self, Backend, S3Options};
 use cairn::ops::prune::{MaxUnused, PruneOptions, prune};
 use cairn::repository::{RepoOptions, Repository};
 
-use crate::common::{PASSWORD, Repo, assert_same_tree, data, run_ok};
+use crate::common::{PASSWORD, Repo, assert_same_tree, data, run_ok, tree_state};
 
 fn write_files(dir: &Path, files: &[(&str, Vec<u8>)]) {
     let _ = std::fs::remove_dir_all(dir);
@@ -778,4 +778,76 @@ fn a_prune_killed_at_any_step_and_rerun_ends_where_an_uninterrupted_one_does() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
     assert!(steps >= 5, "only {steps} kill points");
+}
+
+#[test]
+fn prune_dry_run_plans_without_changing_anything_and_max_repack_limits() {
+    let repo = Repo::with_small_packs();
+    let src = repo.tmp.path().join("src");
+    for day in 0..3u64 {
+        let files: Vec<(String, Vec<u8>)> = (0..10u64)
+            .map(|i| {
+                (
+                    format!("f{i}"),
+                    data(150_000, if i % 2 == 0 { i } else { i * 10 + day }),
+                )
+            })
+            .collect();
+        let refs: Vec<(&str, Vec<u8>)> =
+            files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+        write_files(&src, &refs);
+        backup_at(&repo, &src, &format!("2026-11-0{}T03:00:00Z", day + 1), &[]);
+    }
+    run_ok(repo.cmd().args(["forget", "--keep-last", "1"]));
+    let before = tree_state(&repo.path.join("data"));
+    let index_before = objects(&repo.path, "index");
+    let out = run_ok(
+        repo.cmd()
+            .args(["prune", "--dry-run", "--json", "--max-unused", "0%"]),
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["dry_run"], true);
+    assert!(
+        !plan["delete_packs"].as_array().unwrap().is_empty(),
+        "{plan:#}"
+    );
+    assert!(
+        !plan["repack_packs"].as_array().unwrap().is_empty(),
+        "{plan:#}"
+    );
+    assert!(
+        plan["repack_upload_bytes"].as_u64().unwrap() > 0,
+        "{plan:#}"
+    );
+    assert!(plan["delete_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(
+        tree_state(&repo.path.join("data")),
+        before,
+        "dry run changed packs"
+    );
+    assert_eq!(objects(&repo.path, "index"), index_before);
+    // The text plan says what it would do.
+    let out = run_ok(
+        repo.cmd()
+            .args(["prune", "--dry-run", "--max-unused", "0%"]),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("would delete"));
+
+    // A repack budget smaller than any pack repacks nothing, but unused packs still go.
+    let out = run_ok(repo.cmd().args([
+        "prune",
+        "--json",
+        "--max-unused",
+        "0%",
+        "--max-repack",
+        "1K",
+    ]));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["repack_packs"].as_array().unwrap().is_empty(), "{r:#}");
+    assert!(r["packs_removed"].as_u64().unwrap() > 0, "{r:#}");
+    assert!(r["unused_bytes_after"].as_u64().unwrap() > 0);
+    assert_same_tree(
+        &src,
+        &restore(&repo, "latest").join(src.strip_prefix("/").unwrap()),
+    );
 }

@@ -365,6 +365,8 @@ fn run(
         });
     }
     let plan = plan(&packs, &used, opts, &mut report);
+    // Repacking reads only the kept blobs (and short gaps between them).
+    report.repack_download_bytes = pieces(&packs, &plan).iter().map(|p| p.end - p.start).sum();
     let unindexed: Vec<(PackId, u64)> = on_store
         .iter()
         .filter(|(p, _)| !packs.contains_key(p) && !pending_packs.contains(p))
@@ -682,6 +684,7 @@ fn plan(
         }
     }
     let mut unused_left: u64 = partly.iter().map(|p| p.2).sum();
+    let mut repack_bytes = 0;
     let allowed = match opts.max_unused {
         MaxUnused::Unlimited => u64::MAX,
         MaxUnused::Bytes(b) => b,
@@ -697,14 +700,14 @@ fn plan(
         if unused_left <= allowed {
             break;
         }
-        if opts
-            .max_repack
-            .is_some_and(|m| report.repack_download_bytes + size > m)
-        {
+        if opts.max_repack.is_some_and(|m| repack_bytes + size > m) {
             continue;
         }
         plan.repack.push(id);
-        report.repack_download_bytes += size;
+        repack_bytes += size;
+        // What moves to new packs (the figure a dry run shows; a run reports what it
+        // wrote).
+        report.repack_upload_bytes += kept_bytes.get(&id).copied().unwrap_or(0);
         unused_left -= unused;
     }
     report.unused_bytes_after = unused_left;
