@@ -851,3 +851,23 @@ fn prune_dry_run_plans_without_changing_anything_and_max_repack_limits() {
         &restore(&repo, "latest").join(src.strip_prefix("/").unwrap()),
     );
 }
+
+#[test]
+fn unlock_leaves_running_operations_unless_told_to_remove_all() {
+    let repo = Repo::new();
+    let other = library_repo(&repo.path, &repo.tmp.path().join("c2"), None);
+    let running = other.announce(cairn::format::LockKind::Backup).unwrap();
+    let out = run_ok(repo.cmd().arg("unlock"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("left the lock of a running backup"), "{text}");
+    assert_eq!(
+        std::fs::read_dir(repo.path.join("locks")).unwrap().count(),
+        1
+    );
+    let out = run_ok(repo.cmd().args(["unlock", "--remove-all"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 1 lock objects"));
+    // (the local store removes the emptied folder)
+    let left = std::fs::read_dir(repo.path.join("locks")).map_or(0, |d| d.count());
+    assert_eq!(left, 0);
+    drop(running);
+}
