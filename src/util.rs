@@ -88,3 +88,17 @@ pub fn seeded_bytes(n: usize, seed: u64) -> Vec<u8> {
     out.truncate(n);
     out
 }
+
+/// Start `cmd`'s child with no signals blocked, whatever this process blocks (the
+/// backup hooks block SIGINT and SIGTERM to handle them in one thread).
+pub fn unblock_signals_in_child(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: sigprocmask is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::signal::SigSet::empty()
+                .thread_set_mask()
+                .map_err(std::io::Error::from)
+        });
+    }
+}

@@ -10,6 +10,7 @@ mod check;
 mod concurrency;
 mod decoders;
 mod errors;
+mod hooks;
 mod keys;
 mod repair;
 mod restore;

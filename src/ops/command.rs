@@ -28,11 +28,13 @@ pub(super) fn backup_command(
         .split_first()
         .ok_or_else(|| Error::Config("--stdin-from-command needs a command after --".into()))?;
     let shown = argv.join(" ");
-    let mut child = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    crate::util::unblock_signals_in_child(&mut cmd);
+    let mut child = cmd
         .spawn()
         .map_err(|e| Error::Source(format!("cannot run `{shown}`: {e}")))?;
     let stdout = child.stdout.take().expect("piped stdout");

@@ -213,6 +213,14 @@ pub struct BackupArgs {
     /// Show what would be stored and how much; write nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+    /// Run this shell command first; when it fails, the backup does not start.
+    #[arg(long)]
+    pub pre_command: Option<String>,
+    /// Run this shell command at the end, whatever happened (also after a failure or
+    /// SIGINT/SIGTERM), with CAIRN_STATUS (ok, incomplete, failed, interrupted),
+    /// CAIRN_EXIT_CODE and CAIRN_SNAPSHOT_ID set.
+    #[arg(long)]
+    pub post_command: Option<String>,
     /// Read back and verify every pack this backup wrote before writing the snapshot.
     #[arg(long)]
     pub verify_new: bool,

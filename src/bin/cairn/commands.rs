@@ -31,7 +31,13 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Init(a) => init(g, a),
         Command::Backup(a) => {
             let (metrics, started) = (a.metrics_file.clone(), std::time::Instant::now());
-            let r = backup_cmd(g, *a);
+            let (pre, post) = (a.pre_command.clone(), a.post_command.clone());
+            let r = crate::hooks::around(
+                pre.as_deref(),
+                post.as_deref(),
+                crate::exit_code,
+                |snapshot| backup_cmd(g, *a, snapshot),
+            );
             if let (Err(_), Some(path)) = (&r, &metrics) {
                 let repo = g.repo.as_deref().unwrap_or_default();
                 if let Err(e) = crate::check::backup_metrics(path, repo, None, started.elapsed()) {
@@ -317,7 +323,7 @@ fn backup_source(a: &BackupArgs) -> Result<Source> {
     Ok(Source::Paths(paths))
 }
 
-fn backup_cmd(g: &Global, a: BackupArgs) -> Result<u8> {
+fn backup_cmd(g: &Global, a: BackupArgs, snapshot: &mut Option<cairn::SnapshotId>) -> Result<u8> {
     let source = backup_source(&a)?;
     let kind = (!a.dry_run).then_some(cairn::format::LockKind::Backup);
     let repo = announced(open(g)?, kind)?;
@@ -327,6 +333,7 @@ fn backup_cmd(g: &Global, a: BackupArgs) -> Result<u8> {
     let done = backup::backup(&repo, source, &opts, &progress);
     reporter.finish();
     let done = done?;
+    *snapshot = done.id;
     if let Some(path) = &a.metrics_file {
         let elapsed = std::time::Duration::from_millis(done.snapshot.summary.duration_ms);
         crate::check::backup_metrics(path, repo_url(g)?, Some(&done), elapsed)?;

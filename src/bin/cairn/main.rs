@@ -4,6 +4,7 @@ mod browse;
 mod check;
 mod cli;
 mod commands;
+mod hooks;
 mod progress;
 mod retention;
 
@@ -68,7 +69,7 @@ fn is_closed_stdout(err: &anyhow::Error) -> bool {
     })
 }
 
-fn exit_code(err: &anyhow::Error) -> u8 {
+pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
     match err.downcast_ref::<cairn::Error>() {
         Some(cairn::Error::NoRepository { .. }) => exit::NO_REPOSITORY,
         Some(cairn::Error::WrongPassword { .. }) => exit::WRONG_PASSWORD,

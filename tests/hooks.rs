@@ -1,0 +1,153 @@
+//! `backup --pre-command/--post-command`: the post command runs whatever happens, with
+//! the outcome in its environment; a failing pre command stops the backup.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::common::{PASSWORD, Repo, data, last_json_line};
+
+/// A post command that writes its environment to `file`.
+fn recorder(file: &Path) -> String {
+    format!(
+        "echo \"$CAIRN_STATUS $CAIRN_EXIT_CODE $CAIRN_SNAPSHOT_ID\" > {}",
+        file.display()
+    )
+}
+
+fn recorded(file: &Path) -> Vec<String> {
+    std::fs::read_to_string(file)
+        .unwrap_or_else(|e| panic!("post command did not run ({}): {e}", file.display()))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn post_command_gets_the_snapshot_of_a_good_backup_after_the_pre_command() {
+    let repo = Repo::new();
+    let src = repo.tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), data(1000, 1)).unwrap();
+    let order = repo.tmp.path().join("order");
+    let post = repo.tmp.path().join("post");
+    let out = repo
+        .cmd()
+        .args(["backup", "--json", "--pre-command"])
+        .arg(format!("echo pre >> {}", order.display()))
+        .arg("--post-command")
+        .arg(format!(
+            "{}; echo post >> {}",
+            recorder(&post),
+            order.display()
+        ))
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = last_json_line(&out.stdout)["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(recorded(&post), ["ok", "0", id.as_str()]);
+    assert_eq!(std::fs::read_to_string(&order).unwrap(), "pre\npost\n");
+}
+
+#[test]
+fn a_failing_pre_command_stops_the_backup_and_post_still_runs() {
+    let repo = Repo::new();
+    let src = repo.tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let post = repo.tmp.path().join("post");
+    let out = repo
+        .cmd()
+        .args(["backup", "--pre-command", "exit 4", "--post-command"])
+        .arg(recorder(&post))
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--pre-command exited 4"));
+    assert_eq!(recorded(&post), ["failed", "1"]);
+    let snaps = repo.cmd().args(["snapshots", "--json"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&snaps.stdout).trim(), "[]");
+}
+
+#[test]
+fn post_command_runs_after_a_failed_backup_and_reports_it() {
+    let repo = Repo::new();
+    let post = repo.tmp.path().join("post");
+    let out = repo
+        .cmd()
+        .args([
+            "backup",
+            "--stdin-from-command",
+            "--stdin-name",
+            "db.sql",
+            "--post-command",
+        ])
+        .arg(recorder(&post))
+        .args(["--", "sh", "-c", "echo partial; exit 2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(recorded(&post), ["failed", "1"]);
+}
+
+#[test]
+fn a_failing_post_command_fails_the_run_but_keeps_the_snapshot() {
+    let repo = Repo::new();
+    let src = repo.tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let out = repo
+        .cmd()
+        .args(["backup", "--post-command", "exit 5"])
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--post-command exited 5"));
+    let snaps = repo.cmd().args(["snapshots", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&snaps.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn post_command_runs_when_the_backup_is_interrupted() {
+    let repo = Repo::new();
+    let post = repo.tmp.path().join("post");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .env("CAIRN_REPOSITORY", &repo.path)
+        .env("CAIRN_PASSWORD", PASSWORD)
+        .env("CAIRN_CACHE_DIR", repo.tmp.path().join("cache"))
+        .args([
+            "backup",
+            "--stdin-from-command",
+            "--stdin-name",
+            "slow",
+            "--post-command",
+        ])
+        .arg(recorder(&post))
+        .args(["--", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    // Wait until the backup runs (its lock object is written), then stop it.
+    let locks = repo.path.join("locks");
+    for _ in 0..100 {
+        if std::fs::read_dir(&locks).map(|d| d.count()).unwrap_or(0) > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143));
+    assert_eq!(recorded(&post), ["interrupted", "143"]);
+}
