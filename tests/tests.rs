@@ -12,6 +12,7 @@ mod decoders;
 mod errors;
 mod hooks;
 mod keys;
+mod postgres;
 mod repair;
 mod restore;
 mod retention;

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 use tempfile::TempDir;
 
+pub mod pg;
 pub mod s3;
 
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -51,6 +52,17 @@ impl Repo {
     /// `cairn` with `--repo`, password and a private cache.
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("CAIRN_REPOSITORY", &self.path)
+            .env("CAIRN_PASSWORD", PASSWORD)
+            .env("CAIRN_CACHE_DIR", self.tmp.path().join("cache"));
+        c
+    }
+
+    /// `cmd()` as a `std::process::Command`, for pipes.
+    pub fn cmd_std(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("CAIRN_REPOSITORY", &self.path)
