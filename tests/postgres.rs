@@ -89,6 +89,58 @@ fn registry_dumps_of_three_days_restore_into_fresh_databases() {
     assert_ne!(days[0].1, days[1].1);
     assert_ne!(days[1].1, days[2].1);
 
+    // Each dump was recognised and checked for its "dump complete" line.
+    let out = repo
+        .cmd()
+        .args(["cat", "snapshot", &days[0].0])
+        .output()
+        .unwrap();
+    let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        snap["snapshot"]["extra"]["stream_check"], "pg-dump: ok",
+        "{snap:#}"
+    );
+
+    // A dump cut short (a pipe without `pipefail`): recorded, but incomplete (exit 3).
+    let full = pg
+        .client("pg_dump")
+        .args(["-d", "registry"])
+        .output()
+        .unwrap();
+    assert!(full.status.success());
+    let cut = &full.stdout[..full.stdout.len() * 2 / 3];
+    let mut child = repo
+        .cmd_std()
+        .args([
+            "backup",
+            "--json",
+            "--stdin",
+            "--stdin-name",
+            "harbor/cut.sql",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), cut).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = last_json_line(&out.stdout);
+    assert_eq!(s["complete"], false);
+    assert!(
+        s["problems"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("dump complete"),
+        "{s:#}"
+    );
+
     // A dump that fails (no such database): exit 1, pg_dump's message, no snapshot.
     let out = repo
         .cmd()
@@ -108,5 +160,5 @@ fn registry_dumps_of_three_days_restore_into_fresh_databases() {
     assert!(err.contains("\"nope\" does not exist"), "{err}");
     let out = repo.cmd().args(["snapshots", "--json"]).output().unwrap();
     let snaps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(snaps.as_array().unwrap().len(), 3);
+    assert_eq!(snaps.as_array().unwrap().len(), 4);
 }

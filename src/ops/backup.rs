@@ -23,12 +23,14 @@ use rayon::prelude::*;
 
 use super::Problem;
 use super::select::{SelectOptions, Selector};
+use super::stream_check::{Checker, Checking, StreamCheck};
 use crate::chunker;
 use crate::error::{Error, Result};
 use crate::format::{BlobType, Node, NodeKind, Snapshot, StreamInfo, Timestamp, Tree, Xattr};
 use crate::id::{BlobId, SnapshotId};
 use crate::repository::{Announcement, BlobWriter, IndexedRepository, REFRESH, STALE_AFTER};
 use crate::util::NameCache;
+use std::sync::Arc;
 
 /// Bytes of chunks sealed in parallel per batch of a streamed file (a batch holds at
 /// least two chunks, so both cores have work). Two batches are in memory per file.
@@ -68,6 +70,8 @@ pub struct BackupOptions {
     pub select: SelectOptions,
     /// Download and verify the packs this backup wrote before writing the snapshot.
     pub verify_new: bool,
+    /// How a stream (`--stdin`, `--stdin-from-command`) is checked.
+    pub stream_check: StreamCheck,
 }
 
 /// Live counters, readable from another thread for progress display.
@@ -106,6 +110,9 @@ pub(super) struct Ctx<'a> {
     select: Selector,
     /// Compare against the parent's trees (off with `force` or without a parent).
     use_parent: bool,
+    stream_check: StreamCheck,
+    /// The check a stream passed or failed, for the snapshot.
+    stream_checked: Mutex<Option<String>>,
 }
 
 impl Ctx<'_> {
@@ -203,6 +210,8 @@ fn run(
         total_bytes: AtomicU64::new(0),
         select,
         use_parent: parent.is_some(),
+        stream_check: opts.stream_check,
+        stream_checked: Mutex::new(None),
     };
     let parent_tree = parent.as_ref().map(|(_, p)| p.tree);
     let pool = super::cpu_pool()?;
@@ -216,6 +225,7 @@ fn run(
         }
     });
     let problems = ctx.problems.into_inner().expect("problems");
+    let ctx_checked = ctx.stream_checked.into_inner().expect("stream check");
     let total_bytes = ctx.total_bytes.into_inner();
     // Index what was uploaded even when the walk failed, so a rerun reuses it.
     let finished = writer.finish();
@@ -240,6 +250,9 @@ fn run(
     snap.complete = problems.is_empty();
     snap.problems = problems.iter().map(|p| p.to_string()).collect();
     snap.stream = stream;
+    if let Some(c) = ctx_checked {
+        snap.extra.insert("stream_check".into(), c);
+    }
     let s = &mut snap.summary;
     s.files_changed = progress.files_changed.load(Ordering::Relaxed);
     s.files_new = progress.files.load(Ordering::Relaxed) - s.files_changed;
@@ -800,8 +813,28 @@ pub(super) fn backup_stream(
         )));
     }
     ctx.progress.files.fetch_add(1, Ordering::Relaxed);
+    let checker = Arc::new(Mutex::new(Checker::new(ctx.stream_check)));
+    let reader = Box::new(Checking {
+        inner: reader,
+        checker: checker.clone(),
+    });
     let (content, bytes) = match store_stream(ctx, reader, u64::MAX) {
-        Ok(r) => r,
+        Ok(r) => {
+            let checker = std::mem::replace(
+                &mut *checker.lock().expect("checker"),
+                Checker::new(StreamCheck::None),
+            );
+            let (kind, problem) = checker.verdict();
+            if let Some(kind) = kind {
+                let outcome = if problem.is_some() { "failed" } else { "ok" };
+                *ctx.stream_checked.lock().expect("stream check") =
+                    Some(format!("{kind}: {outcome}"));
+            }
+            if let Some(p) = problem {
+                ctx.problem(Path::new(name), p);
+            }
+            r
+        }
         Err(Error::Io { source, .. }) => {
             ctx.problem(
                 Path::new(name),

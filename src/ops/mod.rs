@@ -10,6 +10,7 @@ pub mod prune;
 pub mod repair;
 pub mod restore;
 pub mod select;
+pub mod stream_check;
 pub mod walk;
 
 use std::path::PathBuf;

@@ -173,6 +173,12 @@ pub struct BackupArgs {
     /// Path the stream is stored under, e.g. harbor/registry.sql.
     #[arg(long, default_value = "stdin")]
     pub stdin_name: String,
+    /// Check the stream before the snapshot counts as complete: auto (plain pg_dump
+    /// output is recognised and must end with its "dump complete" line), pg-dump,
+    /// etcd-snapshot (the SHA-256 `etcdctl snapshot save` appends must match), none.
+    /// A failed check leaves the snapshot incomplete (exit 3).
+    #[arg(long, default_value = "auto")]
+    pub stdin_check: String,
     /// The command for --stdin-from-command (after `--`).
     #[arg(last = true)]
     pub command: Vec<String>,

@@ -276,6 +276,7 @@ fn backup_options(g: &Global, a: &BackupArgs, repo: &IndexedRepository) -> Resul
         force: a.force,
         dry_run: a.dry_run,
         verify_new: a.verify_new,
+        stream_check: a.stdin_check.parse()?,
         select: SelectOptions {
             excludes,
             iexcludes: a.iexcludes.clone(),
