@@ -10,6 +10,7 @@ mod check;
 mod concurrency;
 mod decoders;
 mod errors;
+mod etcd;
 mod hooks;
 mod keys;
 mod postgres;
