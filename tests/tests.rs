@@ -14,6 +14,7 @@ mod etcd;
 mod hooks;
 mod keys;
 mod postgres;
+mod profiles;
 mod repair;
 mod restore;
 mod retention;

@@ -23,7 +23,13 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Global {
     /// Repository location: a local path.
-    #[arg(short = 'r', long, env = "CAIRN_REPOSITORY", global = true)]
+    #[arg(
+        short = 'r',
+        long,
+        visible_alias = "repository",
+        env = "CAIRN_REPOSITORY",
+        global = true
+    )]
     pub repo: Option<String>,
     /// Read the password from the first line of this file.
     #[arg(long, env = "CAIRN_PASSWORD_FILE", global = true)]
@@ -48,6 +54,13 @@ pub struct Global {
     /// More log output (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Take options from this profile of the config file (see --config).
+    #[arg(short = 'p', long, global = true)]
+    pub profile: Option<String>,
+    /// Config file with [profiles.NAME] sections (default ~/.config/cairn/config.toml,
+    /// then /etc/cairn/config.toml).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
 }
 
 /// S3 settings (repositories given as s3://BUCKET/PREFIX or s3:http://HOST:PORT/BUCKET/PREFIX).

@@ -5,6 +5,7 @@ mod check;
 mod cli;
 mod commands;
 mod hooks;
+mod profile;
 mod progress;
 mod retention;
 
@@ -31,7 +32,14 @@ fn main() -> ExitCode {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
-    let cli = cli::Cli::parse();
+    let args = match profile::apply(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(exit::FATAL);
+        }
+    };
+    let cli = cli::Cli::parse_from(args);
     let level = match (cli.global.quiet, cli.global.verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
