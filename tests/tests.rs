@@ -12,6 +12,7 @@ mod decoders;
 mod errors;
 mod etcd;
 mod hooks;
+mod k8s;
 mod keys;
 mod postgres;
 mod profiles;
