@@ -8,6 +8,7 @@ mod backup;
 mod cache;
 mod check;
 mod concurrency;
+mod copy;
 mod decoders;
 mod errors;
 mod etcd;

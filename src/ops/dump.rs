@@ -38,12 +38,23 @@ fn stdout_err(e: std::io::Error) -> Error {
     }
 }
 
-/// A reader over a file's blobs, one at a time (for the tar writer).
-struct BlobReader<'a> {
+/// A reader over a file's blobs, one at a time (for the tar writer and `copy`).
+pub(crate) struct BlobReader<'a> {
     repo: &'a IndexedRepository,
     content: std::slice::Iter<'a, BlobId>,
     current: Vec<u8>,
     at: usize,
+}
+
+impl<'a> BlobReader<'a> {
+    pub(crate) fn new(repo: &'a IndexedRepository, content: &'a [BlobId]) -> Self {
+        BlobReader {
+            repo,
+            content: content.iter(),
+            current: Vec::new(),
+            at: 0,
+        }
+    }
 }
 
 impl Read for BlobReader<'_> {

@@ -4,6 +4,7 @@ pub mod backup;
 pub mod browse;
 pub mod check;
 mod command;
+pub mod copy;
 pub mod dump;
 pub mod forget;
 pub mod prune;

@@ -139,6 +139,8 @@ pub enum Command {
     Unprotect(ProtectArgs),
     /// Remove lock objects of operations that ended or went stale.
     Unlock(UnlockArgs),
+    /// Copy snapshots to a second repository (re-encrypted, deduplicated there).
+    Copy(CopyArgs),
     /// Verify the repository: structure, and with --read-data the data itself.
     /// Exit 0 when no damage is found, 1 when some is.
     Check(CheckArgs),
@@ -535,4 +537,20 @@ pub struct RepairSnapshotsArgs {
     pub read_data: bool,
     #[command(flatten)]
     pub lock: LockArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Snapshots to copy (default: all); those the target already has are skipped.
+    pub snapshots: Vec<String>,
+    /// The target repository (a path or an S3 URL; S3 options apply to both).
+    #[arg(long)]
+    pub to: String,
+    /// The target's password, from the first line of this file (else
+    /// --to-password-command, else CAIRN_TO_PASSWORD).
+    #[arg(long)]
+    pub to_password_file: Option<PathBuf>,
+    /// Run this shell command for the target's password.
+    #[arg(long)]
+    pub to_password_command: Option<String>,
 }

@@ -60,6 +60,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Protect(a) => crate::retention::protect(g, a, true),
         Command::Unprotect(a) => crate::retention::protect(g, a, false),
         Command::Unlock(a) => crate::retention::unlock(g, a),
+        Command::Copy(a) => copy_cmd(g, a),
         Command::Check(a) => crate::check::check(g, a),
         Command::Repair(r) => crate::check::repair(g, r),
     }
@@ -110,6 +111,62 @@ fn password(g: &Global, confirm: bool) -> Result<Zeroizing<String>> {
         return Ok(Zeroizing::new(p));
     }
     prompt("password", confirm)
+}
+
+/// `cairn copy`: the target's password comes from its own options or CAIRN_TO_PASSWORD.
+fn copy_cmd(g: &Global, a: crate::cli::CopyArgs) -> Result<u8> {
+    let src = open_indexed(g)?;
+    let snaps = if a.snapshots.is_empty() {
+        src.snapshots()?
+    } else {
+        a.snapshots
+            .iter()
+            .map(|s| src.find_snapshot(s))
+            .collect::<cairn::Result<Vec<_>>>()?
+    };
+    let pw = if let Some(f) = &a.to_password_file {
+        let s = Zeroizing::new(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading password file {}", f.display()))?,
+        );
+        Zeroizing::new(first_line(&s).to_string())
+    } else if let Some(cmd) = &a.to_password_command {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| "running --to-password-command")?;
+        if !out.status.success() {
+            bail!("--to-password-command failed ({})", out.status);
+        }
+        Zeroizing::new(first_line(&String::from_utf8_lossy(&out.stdout)).to_string())
+    } else if let Ok(p) = std::env::var("CAIRN_TO_PASSWORD") {
+        Zeroizing::new(p)
+    } else {
+        prompt("target repository password", false)?
+    };
+    let store = backend::open(&a.to, false, &s3_options(g)?)?;
+    let dst = Repository::open(store, pw.as_bytes(), repo_options(g))?
+        .into_indexed_announced(cairn::format::LockKind::Backup)?;
+    let report = cairn::ops::copy::copy(&src, &dst, &snaps)?;
+    if g.json {
+        print_json(&report)?;
+    } else if !g.quiet {
+        for (from, to) in &report.copied {
+            println!("copied {} as {}", from.short(), to.short());
+        }
+        if !report.skipped.is_empty() {
+            println!("{} snapshot(s) already in the target", report.skipped.len());
+        }
+        println!(
+            "read {}, added {} to {}",
+            human_bytes(report.bytes_read),
+            human_bytes(report.bytes_added),
+            a.to
+        );
+    }
+    Ok(exit::OK)
 }
 
 fn prompt(what: &str, confirm: bool) -> Result<Zeroizing<String>> {
