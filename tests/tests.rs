@@ -11,6 +11,7 @@ mod concurrency;
 mod decoders;
 mod errors;
 mod keys;
+mod mount;
 mod repair;
 mod restore;
 mod retention;

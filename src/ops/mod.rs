@@ -6,6 +6,7 @@ pub mod check;
 mod command;
 pub mod dump;
 pub mod forget;
+pub mod mount;
 pub mod prune;
 pub mod repair;
 pub mod restore;

@@ -56,6 +56,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Unlock(a) => crate::retention::unlock(g, a),
         Command::Check(a) => crate::check::check(g, a),
         Command::Repair(r) => crate::check::repair(g, r),
+        Command::Mount(a) => crate::mount::mount(g, a),
     }
 }
 

@@ -4,6 +4,7 @@ mod browse;
 mod check;
 mod cli;
 mod commands;
+mod mount;
 mod progress;
 mod retention;
 
