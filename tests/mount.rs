@@ -293,3 +293,33 @@ fn mount_refuses_with_a_reason() {
     let out = repo.cmd().arg("mount").arg(&file).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn a_damaged_blob_fails_its_read_and_nothing_else() {
+    if !fuse_usable() {
+        eprintln!("skipped: no /dev/fuse or no fusermount3 on PATH");
+        return;
+    }
+    let repo = Repo::new();
+    let src = repo.tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("big"), data(3 << 20, 5)).unwrap();
+    std::fs::write(src.join("small"), b"small").unwrap();
+    repo.backup_json(&[src.as_os_str()]);
+    // Trees and small files sit in small packs; flip a byte in the middle of the data.
+    for pack in repo.packs() {
+        let mut bytes = std::fs::read(&pack).unwrap();
+        if bytes.len() > 1 << 20 {
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0xff;
+            std::fs::write(&pack, bytes).unwrap();
+        }
+    }
+    let m = Mounted::start(&repo, &[]);
+    let inner = m.dir.join("latest").join(src.strip_prefix("/").unwrap());
+    let err = std::fs::read(inner.join("big")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(names(&inner), ["big", "small"]);
+    assert_eq!(std::fs::read(inner.join("small")).unwrap(), b"small");
+    assert!(m.stop().success());
+}

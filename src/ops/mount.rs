@@ -141,6 +141,8 @@ struct Inodes {
 
 /// An open file: its blobs and where each ends in the file.
 struct OpenFile {
+    /// The file's name, for messages.
+    name: String,
     content: Vec<BlobId>,
     ends: Vec<u64>,
     /// Where the previous read ended (a read starting there is sequential).
@@ -452,7 +454,7 @@ impl CairnFs {
     }
 
     /// Where each blob of `content` ends in the file, from the index.
-    fn open_file(&self, content: &[BlobId]) -> Result<OpenFile> {
+    fn open_file(&self, name: &[u8], content: &[BlobId]) -> Result<OpenFile> {
         let mut ends = Vec::with_capacity(content.len());
         let mut at = 0u64;
         for id in content {
@@ -468,6 +470,7 @@ impl CairnFs {
             ends.push(at);
         }
         Ok(OpenFile {
+            name: String::from_utf8_lossy(name).into_owned(),
             content: content.to_vec(),
             ends,
             next: AtomicU64::new(0),
@@ -574,7 +577,7 @@ impl Filesystem for CairnFs {
         else {
             return reply.error(Errno::EINVAL);
         };
-        match self.open_file(content) {
+        match self.open_file(name, content) {
             Ok(f) => {
                 let fh = self.new_fh();
                 self.files.lock().expect("files").insert(fh, Arc::new(f));
@@ -604,7 +607,10 @@ impl Filesystem for CairnFs {
         };
         match self.read_at(&file, offset, size) {
             Ok(data) => reply.data(&data),
-            Err(e) => reply.error(self.log_error(&format!("reading inode {}", ino.0), &e)),
+            Err(e) => {
+                let what = format!("reading {} (inode {})", file.name, ino.0);
+                reply.error(self.log_error(&what, &e))
+            }
         }
     }
 
@@ -825,6 +831,10 @@ impl Mounted {
     pub fn unmount(self) -> Result<()> {
         let mountpoint = self.mountpoint;
         if self.session.guard.is_finished() {
+            // Unmounted from outside: the kernel has let go already, and dropping the
+            // session would try a second unmount (and warn that it failed). Its thread
+            // has ended; what stays behind is one descriptor of /dev/fuse.
+            std::mem::forget(self.session);
             return Ok(());
         }
         match self.session.umount_and_join() {

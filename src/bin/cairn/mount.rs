@@ -68,7 +68,7 @@ pub fn mount(g: &Global, a: MountArgs) -> Result<u8> {
                 if !g.quiet {
                     eprintln!("{} was unmounted", a.mountpoint.display());
                 }
-                return Ok(exit::OK);
+                break;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
