@@ -15,6 +15,7 @@ mod etcd;
 mod hooks;
 mod k8s;
 mod keys;
+mod mount;
 mod postgres;
 mod profiles;
 mod repair;

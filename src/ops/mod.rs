@@ -7,6 +7,7 @@ mod command;
 pub mod copy;
 pub mod dump;
 pub mod forget;
+pub mod mount;
 pub mod prune;
 pub mod repair;
 pub mod restore;

@@ -566,7 +566,7 @@ impl IndexedRepository {
     /// and removed the old one. Concurrent callers wait for one sync.
     pub async fn resync_index(&self) -> Result<()> {
         let _one = self.resync.lock().await;
-        tracing::info!("a pack is gone (a prune ran); reading the index again");
+        tracing::info!("reading the index again (new index files, or a pack moved by a prune)");
         let stats = self.index.sync(self.backend().as_ref(), self.key()).await?;
         tracing::debug!("resync: {} index files read", stats.read);
         Ok(())

@@ -147,6 +147,8 @@ pub enum Command {
     /// Repair after damage found by `check`: rebuild the index, or rewrite snapshots.
     #[command(subcommand)]
     Repair(RepairCommand),
+    /// Mount the repository as a read-only filesystem (FUSE) until Ctrl-C or SIGTERM.
+    Mount(MountArgs),
 }
 
 #[derive(Debug, Args)]
@@ -553,4 +555,20 @@ pub struct CopyArgs {
     /// Run this shell command for the target's password.
     #[arg(long)]
     pub to_password_command: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// An existing, empty directory to mount at.
+    pub mountpoint: PathBuf,
+    /// Let other users see the mount (the kernel checks the stored modes and owners);
+    /// needs `user_allow_other` in /etc/fuse.conf unless run as root.
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Bytes of file data kept in memory (e.g. 64MiB).
+    #[arg(long, default_value = "64MiB", value_parser = cairn::ops::prune::parse_size)]
+    pub cache_size: u64,
+    /// How old the list of snapshots may grow before it is read again.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, hide = true)]
+    pub refresh: std::time::Duration,
 }

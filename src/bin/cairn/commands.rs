@@ -63,6 +63,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Copy(a) => copy_cmd(g, a),
         Command::Check(a) => crate::check::check(g, a),
         Command::Repair(r) => crate::check::repair(g, r),
+        Command::Mount(a) => crate::mount::mount(g, a),
     }
 }
 

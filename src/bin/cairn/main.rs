@@ -5,6 +5,7 @@ mod check;
 mod cli;
 mod commands;
 mod hooks;
+mod mount;
 mod profile;
 mod progress;
 mod retention;
