@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{Repo, last_json_line};
+use crate::common::{Repo, free_port, last_json_line};
 
 struct Etcd {
     child: Child,
@@ -20,14 +20,6 @@ impl Drop for Etcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start(data: &Path, name: &str, p: u16) -> Etcd {
@@ -191,19 +183,5 @@ fn etcd_snapshot_backed_up_checked_restored_and_served() {
     let cut = tmp.path().join("cut.db");
     std::fs::write(&cut, &bytes[..bytes.len() - 1000]).unwrap();
     let out = backup(&cut);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s = last_json_line(&out.stdout);
-    assert_eq!(s["complete"], false);
-    assert!(
-        s["problems"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("SHA-256"),
-        "{s:#}"
-    );
+    crate::common::assert_incomplete(&out, "SHA-256");
 }

@@ -351,3 +351,27 @@ pub fn tree_state(root: &Path) -> std::collections::BTreeMap<String, blake3::Has
     }
     out
 }
+
+/// A TCP port free on 127.0.0.1 now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `backup --json` that wrote an incomplete snapshot (exit 3) whose first problem
+/// says `reason`.
+pub fn assert_incomplete(out: &std::process::Output, reason: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = last_json_line(&out.stdout);
+    assert_eq!(s["complete"], false, "{s:#}");
+    let first = s["problems"][0]["message"].as_str().unwrap_or_default();
+    assert!(first.contains(reason), "{s:#}");
+}

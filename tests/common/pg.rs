@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::free_port;
+
 pub struct PgServer {
     bin: PathBuf,
     data: PathBuf,
@@ -23,14 +25,6 @@ pub fn bin_dir() -> Option<PathBuf> {
         .collect();
     dirs.sort();
     dirs.pop()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl PgServer {
@@ -99,18 +93,20 @@ impl PgServer {
         Some(s)
     }
 
-    fn run_tool(&self, tool: &str, args: &[&str]) {
+    /// A server tool, run as `postgres` when we are root.
+    fn tool(&self, tool: &str) -> Command {
         let exe = self.bin.join(tool);
-        let out = if self.as_postgres {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&exe)
-                .args(args)
-                .output()
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
         } else {
-            Command::new(&exe).args(args).output()
+            Command::new(exe)
         }
-        .unwrap();
+    }
+
+    fn run_tool(&self, tool: &str, args: &[&str]) {
+        let out = self.tool(tool).args(args).output().unwrap();
         assert!(
             out.status.success(),
             "{tool} failed: {}{}",
@@ -179,17 +175,10 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        let exe = self.bin.join("pg_ctl");
         let data = self.data.to_str().unwrap().to_string();
-        let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
-        let _ = if self.as_postgres {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&exe)
-                .args(args)
-                .output()
-        } else {
-            Command::new(&exe).args(args).output()
-        };
+        let _ = self
+            .tool("pg_ctl")
+            .args(["-D", data.as_str(), "-m", "immediate", "-w", "stop"])
+            .output();
     }
 }

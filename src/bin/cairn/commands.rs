@@ -86,32 +86,48 @@ fn first_line(s: &str) -> &str {
 
 /// The password: --password-file, --password-command, CAIRN_PASSWORD, or a TTY prompt.
 fn password(g: &Global, confirm: bool) -> Result<Zeroizing<String>> {
-    if let Some(f) = &g.password_file {
+    match given_password(
+        g.password_file.as_deref(),
+        g.password_command.as_deref(),
+        "CAIRN_PASSWORD",
+        "--password-command",
+    )? {
+        Some(p) => Ok(p),
+        None => prompt("password", confirm),
+    }
+}
+
+/// A password from a file's first line, a command's output, or an environment
+/// variable, in that order; `None` when none is given.
+fn given_password(
+    file: Option<&Path>,
+    command: Option<&str>,
+    env: &str,
+    option: &str,
+) -> Result<Option<Zeroizing<String>>> {
+    if let Some(f) = file {
         let s = Zeroizing::new(
             std::fs::read_to_string(f)
                 .with_context(|| format!("reading password file {}", f.display()))?,
         );
-        return Ok(Zeroizing::new(first_line(&s).to_string()));
+        return Ok(Some(Zeroizing::new(first_line(&s).to_string())));
     }
-    if let Some(cmd) = &g.password_command {
+    if let Some(cmd) = command {
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(cmd)
             .stderr(std::process::Stdio::inherit())
             .output()
-            .with_context(|| "running --password-command")?;
+            .with_context(|| format!("running {option}"))?;
         if !out.status.success() {
-            bail!("--password-command failed ({})", out.status);
+            bail!("{option} failed ({})", out.status);
         }
         let s = Zeroizing::new(
             String::from_utf8(out.stdout).context("password command output is not UTF-8")?,
         );
-        return Ok(Zeroizing::new(first_line(&s).to_string()));
+        return Ok(Some(Zeroizing::new(first_line(&s).to_string())));
     }
-    if let Ok(p) = std::env::var("CAIRN_PASSWORD") {
-        return Ok(Zeroizing::new(p));
-    }
-    prompt("password", confirm)
+    Ok(std::env::var(env).ok().map(Zeroizing::new))
 }
 
 /// `cairn copy`: the target's password comes from its own options or CAIRN_TO_PASSWORD.
@@ -125,27 +141,14 @@ fn copy_cmd(g: &Global, a: crate::cli::CopyArgs) -> Result<u8> {
             .map(|s| src.find_snapshot(s))
             .collect::<cairn::Result<Vec<_>>>()?
     };
-    let pw = if let Some(f) = &a.to_password_file {
-        let s = Zeroizing::new(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading password file {}", f.display()))?,
-        );
-        Zeroizing::new(first_line(&s).to_string())
-    } else if let Some(cmd) = &a.to_password_command {
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .with_context(|| "running --to-password-command")?;
-        if !out.status.success() {
-            bail!("--to-password-command failed ({})", out.status);
-        }
-        Zeroizing::new(first_line(&String::from_utf8_lossy(&out.stdout)).to_string())
-    } else if let Ok(p) = std::env::var("CAIRN_TO_PASSWORD") {
-        Zeroizing::new(p)
-    } else {
-        prompt("target repository password", false)?
+    let pw = match given_password(
+        a.to_password_file.as_deref(),
+        a.to_password_command.as_deref(),
+        "CAIRN_TO_PASSWORD",
+        "--to-password-command",
+    )? {
+        Some(p) => p,
+        None => prompt("target repository password", false)?,
     };
     let store = backend::open(&a.to, false, &s3_options(g)?)?;
     let dst = Repository::open(store, pw.as_bytes(), repo_options(g))?
