@@ -210,6 +210,30 @@ fn dump_file_and_directory_match_the_source() {
         std::fs::read_link(x.join("db/link")).unwrap(),
         Path::new("base.sql")
     );
+
+    // The same directory as zip: every file, mode and the symlink.
+    let out = crate::common::run_ok(
+        repo.cmd()
+            .args(["dump", "--archive", "zip"])
+            .arg(format!("latest:{}/db", src.display())),
+    );
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(out.stdout)).unwrap();
+    let mut names: Vec<String> = zip.file_names().map(str::to_string).collect();
+    names.sort();
+    assert_eq!(names, ["db/base.sql", "db/link", "db/wal/", "db/wal/0001"]);
+    for (name, want) in [
+        ("db/base.sql", data(3 << 20, 1)),
+        ("db/wal/0001", data(500_000, 2)),
+    ] {
+        let mut f = zip.by_name(name).unwrap();
+        let mode = std::fs::metadata(src.join(name)).unwrap().mode() & 0o7777;
+        assert_eq!(f.unix_mode().map(|m| m & 0o7777), Some(mode), "{name}");
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut got).unwrap();
+        assert!(got == want, "{name} differs");
+    }
+    let link = zip.by_name("db/link").unwrap();
+    assert!(link.is_symlink());
 }
 
 #[test]

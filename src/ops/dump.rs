@@ -179,3 +179,92 @@ fn add_tree(
     }
     Ok(())
 }
+
+/// Write the tree under `root` (named `name` in the archive) as a zip stream: files
+/// (deflated), directories and symlinks, with modes and modification times. Zip has no
+/// place for owners, devices, fifos or sockets: those entries are left out and named
+/// in the returned list.
+pub fn dump_zip(
+    repo: &IndexedRepository,
+    name: &Path,
+    root: &BlobId,
+    out: &mut dyn Write,
+) -> Result<Vec<String>> {
+    let mut zip = zip::ZipWriter::new_stream(out);
+    let mut skipped = Vec::new();
+    add_zip_tree(repo, &mut zip, name, root, &mut skipped)?;
+    zip.finish().map_err(zip_err)?.flush().map_err(stdout_err)?;
+    Ok(skipped)
+}
+
+fn zip_err(e: zip::result::ZipError) -> Error {
+    match e {
+        zip::result::ZipError::Io(e) => stdout_err(e),
+        other => Error::Source(format!("writing the zip stream: {other}")),
+    }
+}
+
+fn zip_options(node: &Node) -> zip::write::SimpleFileOptions {
+    use chrono::{Datelike, Timelike};
+    let mut o = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .unix_permissions(node.mode & 0o7777)
+        // A stream cannot go back to widen a size field: zip64 where the file needs it.
+        .large_file(node.size >= u32::MAX as u64);
+    if let Some(t) = node.mtime.to_datetime() {
+        if let Ok(d) = zip::DateTime::from_date_and_time(
+            t.year().clamp(1980, 2107) as u16,
+            t.month() as u8,
+            t.day() as u8,
+            t.hour() as u8,
+            t.minute() as u8,
+            t.second() as u8,
+        ) {
+            o = o.last_modified_time(d);
+        }
+    }
+    o
+}
+
+fn add_zip_tree<W: Write>(
+    repo: &IndexedRepository,
+    zip: &mut zip::ZipWriter<zip::write::StreamWriter<W>>,
+    prefix: &Path,
+    tree: &BlobId,
+    skipped: &mut Vec<String>,
+) -> Result<()> {
+    for node in repo.load_tree(tree)?.nodes {
+        let path = prefix.join(OsStr::from_bytes(&node.name));
+        let shown = path.to_string_lossy().into_owned();
+        match &node.kind {
+            NodeKind::Dir { subtree } => {
+                zip.add_directory(format!("{shown}/"), zip_options(&node))
+                    .map_err(zip_err)?;
+                add_zip_tree(repo, zip, &path, subtree, skipped)?;
+            }
+            NodeKind::File { content } => {
+                zip.start_file(shown, zip_options(&node)).map_err(zip_err)?;
+                let mut reader = BlobReader::new(repo, content).take(node.size);
+                std::io::copy(&mut reader, zip).map_err(|e| {
+                    // A repository error comes through the reader; anything else is
+                    // the output's.
+                    if e.get_ref().is_some_and(|i| i.is::<Error>()) {
+                        *e.into_inner()
+                            .expect("checked")
+                            .downcast::<Error>()
+                            .expect("checked")
+                    } else {
+                        stdout_err(e)
+                    }
+                })?;
+            }
+            NodeKind::Symlink { target } => {
+                let target = String::from_utf8_lossy(target).into_owned();
+                zip.add_symlink(shown, target, zip_options(&node))
+                    .map_err(zip_err)?;
+            }
+            _ => skipped.push(shown),
+        }
+    }
+    Ok(())
+}

@@ -19,15 +19,25 @@ pub fn dump(g: &Global, a: DumpArgs) -> Result<u8> {
     let (_, snap) = repo.find_snapshot(spec)?;
     let base = Path::new("/").join(path.trim_start_matches('/'));
     let mut out = std::io::stdout().lock();
+    let dir = |name: &Path, tree: &cairn::BlobId, out: &mut dyn Write| -> Result<()> {
+        if a.archive == "zip" {
+            for s in dump_ops::dump_zip(&repo, name, tree, out)? {
+                eprintln!("warning: {s}: not a file, directory or symlink; zip cannot hold it");
+            }
+        } else {
+            dump_ops::dump_tar(&repo, name, tree, out)?;
+        }
+        Ok(())
+    };
     match walk::find_node(&repo, &snap.tree, &base)? {
-        None => dump_ops::dump_tar(&repo, Path::new("."), &snap.tree, &mut out)?,
+        None => dir(Path::new("."), &snap.tree, &mut out)?,
         Some(node) => match &node.kind {
             NodeKind::File { content } => {
                 dump_ops::dump_file(&repo, content, &mut out)?;
             }
             NodeKind::Dir { subtree } => {
                 let name = PathBuf::from(std::ffi::OsStr::from_bytes(&node.name));
-                dump_ops::dump_tar(&repo, &name, subtree, &mut out)?
+                dir(&name, subtree, &mut out)?
             }
             _ => bail!("{} is neither a file nor a directory", base.display()),
         },

@@ -272,7 +272,7 @@ pub struct DumpArgs {
     /// SNAPSHOT:/path of a file or directory.
     pub target: String,
     /// Archive format for directories.
-    #[arg(long, default_value = "tar", value_parser = ["tar"])]
+    #[arg(long, default_value = "tar", value_parser = ["tar", "zip"])]
     pub archive: String,
 }
 
