@@ -22,6 +22,7 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
 use globset::{GlobSet, GlobSetBuilder};
+use rayon::prelude::*;
 
 use super::Problem;
 use super::select::{SelectOptions, Selector};
@@ -172,18 +173,24 @@ pub fn restore(
     stats.bytes_written = cstats.bytes_written.load(Ordering::Relaxed);
     stats.bytes_fetched = cstats.bytes_fetched.load(Ordering::Relaxed);
     stats.requests = cstats.requests.load(Ordering::Relaxed);
-    for j in &jobs {
-        if let Err(e) = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&j.path)
-            .and_then(|f| f.set_len(j.size))
-        {
-            problems.push(Problem {
-                path: j.path.clone(),
-                message: format!("cannot set size: {e}"),
-            });
-        }
-    }
+    // Per-file system calls run on both cores: with many small files they are most of
+    // a restore's time.
+    let pool = super::cpu_pool()?;
+    problems.extend(pool.install(|| {
+        jobs.par_iter()
+            .filter_map(|j| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&j.path)
+                    .and_then(|f| f.set_len(j.size))
+                    .err()
+                    .map(|e| Problem {
+                        path: j.path.clone(),
+                        message: format!("cannot set size: {e}"),
+                    })
+            })
+            .collect::<Vec<_>>()
+    }));
 
     for (path, first) in &links {
         let _ = std::fs::remove_file(path);
@@ -197,14 +204,17 @@ pub fn restore(
     for (dir, names) in &delete_in {
         stats.deleted += delete_extra(dir, names, &mut problems);
     }
-    for f in &files {
-        if let Err(e) = apply_metadata(&f.path, &f.node) {
-            problems.push(Problem {
-                path: f.path.clone(),
-                message: e,
-            });
-        }
-    }
+    problems.extend(pool.install(|| {
+        files
+            .par_iter()
+            .filter_map(|f| {
+                apply_metadata(&f.path, &f.node).err().map(|e| Problem {
+                    path: f.path.clone(),
+                    message: e,
+                })
+            })
+            .collect::<Vec<_>>()
+    }));
     // Children before parents: reverse of the pre-order walk.
     for (path, node) in dirs.iter().rev() {
         if let Err(e) = apply_metadata(path, node) {
@@ -362,76 +372,117 @@ fn prepare_contents(
     problems: &mut Vec<Problem>,
     stats: &mut RestoreStats,
 ) -> Vec<ContentJob> {
+    // Checking and creating files is system calls, one file at a time: on both cores.
+    let prepared: Vec<Prepared> = match super::cpu_pool() {
+        Ok(pool) => pool.install(|| files.par_iter().map(|f| prepare(repo, opts, f)).collect()),
+        Err(_) => files.iter().map(|f| prepare(repo, opts, f)).collect(),
+    };
     let mut jobs = Vec::new();
-    for f in files {
-        let NodeKind::File { content } = &f.node.kind else {
-            continue;
-        };
-        let existing = std::fs::symlink_metadata(&f.path)
-            .ok()
-            .filter(|m| m.file_type().is_file());
-        let complete = existing.as_ref().is_some_and(|m| {
-            m.len() == f.node.size
-                && m.mtime() == f.node.mtime.secs
-                && m.mtime_nsec() == f.node.mtime.nanos as i64
-        });
-        let mut present = Vec::new();
-        let mut fresh = true;
-        if let Some(m) = &existing {
-            if opts.verify {
-                match content::present_blobs(repo, &f.path, content) {
-                    Ok(p) => {
-                        fresh = false;
-                        present = p;
-                        if m.len() != f.node.size {
-                            let _ = std::fs::OpenOptions::new()
-                                .write(true)
-                                .open(&f.path)
-                                .and_then(|h| h.set_len(f.node.size));
-                        }
+    for p in prepared {
+        match p {
+            Prepared::Skip => {}
+            Prepared::Unchanged => stats.files_unchanged += 1,
+            Prepared::Failed(problem) => problems.push(problem),
+            Prepared::Job {
+                job,
+                unchanged,
+                problem,
+            } => {
+                if unchanged {
+                    stats.files_unchanged += 1;
+                }
+                problems.extend(problem);
+                jobs.push(job);
+            }
+        }
+    }
+    jobs
+}
+
+/// What preparing one file came to.
+enum Prepared {
+    /// Not a regular file.
+    Skip,
+    /// Already complete in the target.
+    Unchanged,
+    Failed(Problem),
+    Job {
+        job: ContentJob,
+        unchanged: bool,
+        problem: Option<Problem>,
+    },
+}
+
+fn prepare(repo: &IndexedRepository, opts: &RestoreOptions, f: &FileEntry) -> Prepared {
+    let NodeKind::File { content } = &f.node.kind else {
+        return Prepared::Skip;
+    };
+    let existing = std::fs::symlink_metadata(&f.path)
+        .ok()
+        .filter(|m| m.file_type().is_file());
+    let complete = existing.as_ref().is_some_and(|m| {
+        m.len() == f.node.size
+            && m.mtime() == f.node.mtime.secs
+            && m.mtime_nsec() == f.node.mtime.nanos as i64
+    });
+    let mut present = Vec::new();
+    let mut fresh = true;
+    let mut problem = None;
+    if let Some(m) = &existing {
+        if opts.verify {
+            match content::present_blobs(repo, &f.path, content) {
+                Ok(p) => {
+                    fresh = false;
+                    present = p;
+                    if m.len() != f.node.size {
+                        let _ = std::fs::OpenOptions::new()
+                            .write(true)
+                            .open(&f.path)
+                            .and_then(|h| h.set_len(f.node.size));
                     }
-                    Err(e) => problems.push(Problem {
+                }
+                Err(e) => {
+                    problem = Some(Problem {
                         path: f.path.clone(),
                         message: format!("cannot verify: {e}"),
-                    }),
-                }
-            } else if complete {
-                stats.files_unchanged += 1;
-                continue;
-            }
-        }
-        if fresh {
-            if let Ok(m) = std::fs::symlink_metadata(&f.path) {
-                if !m.file_type().is_file() {
-                    let _ = std::fs::remove_file(&f.path);
+                    })
                 }
             }
-            let created = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&f.path)
-                .and_then(|h| h.set_permissions(std::fs::Permissions::from_mode(0o600)));
-            if let Err(e) = created {
-                problems.push(Problem {
-                    path: f.path.clone(),
-                    message: format!("cannot create: {e}"),
-                });
-                continue;
+        } else if complete {
+            return Prepared::Unchanged;
+        }
+    }
+    if fresh {
+        if let Ok(m) = std::fs::symlink_metadata(&f.path) {
+            if !m.file_type().is_file() {
+                let _ = std::fs::remove_file(&f.path);
             }
         }
-        if present.iter().all(|p| *p) && !present.is_empty() {
-            stats.files_unchanged += 1;
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&f.path)
+            .and_then(|h| h.set_permissions(std::fs::Permissions::from_mode(0o600)));
+        if let Err(e) = created {
+            return Prepared::Failed(Problem {
+                path: f.path.clone(),
+                message: format!("cannot create: {e}"),
+            });
         }
-        jobs.push(ContentJob {
+    }
+    let unchanged = present.iter().all(|p| *p) && !present.is_empty();
+    Prepared::Job {
+        job: ContentJob {
             path: f.path.clone(),
             content: content.clone(),
             size: f.node.size,
             fresh,
             present,
-        });
+        },
+        unchanged,
+        problem,
     }
-    jobs
 }
 
 /// Remove entries of `dir` whose names are not in `keep`. Returns how many.
