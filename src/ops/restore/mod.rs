@@ -175,8 +175,7 @@ pub fn restore(
     stats.requests = cstats.requests.load(Ordering::Relaxed);
     // Per-file system calls run on both cores: with many small files they are most of
     // a restore's time.
-    let pool = super::cpu_pool()?;
-    problems.extend(pool.install(|| {
+    problems.extend(
         jobs.par_iter()
             .filter_map(|j| {
                 std::fs::OpenOptions::new()
@@ -189,8 +188,8 @@ pub fn restore(
                         message: format!("cannot set size: {e}"),
                     })
             })
-            .collect::<Vec<_>>()
-    }));
+            .collect::<Vec<_>>(),
+    );
 
     for (path, first) in &links {
         let _ = std::fs::remove_file(path);
@@ -204,7 +203,7 @@ pub fn restore(
     for (dir, names) in &delete_in {
         stats.deleted += delete_extra(dir, names, &mut problems);
     }
-    problems.extend(pool.install(|| {
+    problems.extend(
         files
             .par_iter()
             .filter_map(|f| {
@@ -213,8 +212,8 @@ pub fn restore(
                     message: e,
                 })
             })
-            .collect::<Vec<_>>()
-    }));
+            .collect::<Vec<_>>(),
+    );
     // Children before parents: reverse of the pre-order walk.
     for (path, node) in dirs.iter().rev() {
         if let Err(e) = apply_metadata(path, node) {
@@ -373,10 +372,7 @@ fn prepare_contents(
     stats: &mut RestoreStats,
 ) -> Vec<ContentJob> {
     // Checking and creating files is system calls, one file at a time: on both cores.
-    let prepared: Vec<Prepared> = match super::cpu_pool() {
-        Ok(pool) => pool.install(|| files.par_iter().map(|f| prepare(repo, opts, f)).collect()),
-        Err(_) => files.iter().map(|f| prepare(repo, opts, f)).collect(),
-    };
+    let prepared: Vec<Prepared> = files.par_iter().map(|f| prepare(repo, opts, f)).collect();
     let mut jobs = Vec::new();
     for p in prepared {
         match p {
