@@ -14,7 +14,8 @@
 # (the corpus is read once before the first tool runs), and dirty pages are flushed
 # before every step.
 #
-# CAIRN_INIT_ARGS adds arguments to `cairn init` (e.g. chunk sizes).
+# CAIRN_INIT_ARGS adds arguments to `cairn init` (e.g. chunk sizes). RESTORE_DIR restores
+# somewhere else than tmpfs (benches/compare/restore_ext4.sh: a journaled ext4).
 # Tools not installed are skipped with a note. Install: restic and borgbackup from
 # Debian; `cargo install rustic-rs`; `cargo install bupstash` (needs libsodium-dev).
 set -euo pipefail
@@ -137,7 +138,7 @@ for day in 1 2 3 4 5; do
 done
 for t in "${active[@]}"; do measure "$t" "unchanged" bash -c "t_backup $t day5b"; done
 for t in "${active[@]}"; do
-  dest=/dev/shm/cairn-compare-restore
+  dest=${RESTORE_DIR:-/dev/shm/cairn-compare-restore}
   rm -rf "$dest"; mkdir -p "$dest"
   measure "$t" "restore" bash -c "t_restore $t $dest"
   rm -rf "$dest"
