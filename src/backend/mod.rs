@@ -83,6 +83,36 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn delete(&self, name: &str) -> Result<()>;
 }
 
+/// The ids of the objects in a folder whose names are ids (`index/`, `snapshots/`,
+/// `keys/`, `deletions/`); other names are ignored.
+pub async fn list_ids<T: From<crate::id::Id>>(
+    backend: &dyn Backend,
+    folder: &str,
+) -> Result<Vec<T>> {
+    Ok(backend
+        .list(folder)
+        .await?
+        .into_iter()
+        .filter_map(|o| o.name.rsplit('/').next()?.parse::<crate::id::Id>().ok())
+        .map(T::from)
+        .collect())
+}
+
+/// Every pack in `data/` with its size.
+pub async fn list_packs(
+    backend: &dyn Backend,
+) -> Result<std::collections::HashMap<crate::id::PackId, u64>> {
+    Ok(backend
+        .list(crate::format::names::DATA)
+        .await?
+        .into_iter()
+        .filter_map(|o| {
+            let id: crate::id::Id = o.name.rsplit('/').next()?.parse().ok()?;
+            Some((id.into(), o.size))
+        })
+        .collect())
+}
+
 /// Is this repository location an S3 URL?
 pub fn is_s3(url: &str) -> bool {
     url.starts_with("s3:")

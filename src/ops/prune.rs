@@ -64,28 +64,10 @@ impl std::str::FromStr for MaxUnused {
             }
             return Ok(MaxUnused::Percent(p));
         }
-        parse_size(s)
+        crate::util::parse_size(s)
             .map(MaxUnused::Bytes)
             .map_err(|e| Error::Config(format!("--max-unused: {e}")))
     }
-}
-
-/// `500MiB`, `2G`, `1048576`.
-pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("'{s}' is not a size"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        other => return Err(format!("'{s}': unknown unit '{other}' (use K, M, G, T)")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 #[derive(Debug, Clone)]
@@ -245,11 +227,8 @@ fn run(
         ));
     }
     report.index_files_before = index_files.len();
-    let on_store: HashMap<PackId, u64> = repo
-        .block_on(repo.backend().list(names::DATA))?
-        .into_iter()
-        .filter_map(|o| Some((o.name.rsplit('/').next()?.parse().ok()?, o.size)))
-        .collect();
+    let on_store: HashMap<PackId, u64> =
+        repo.block_on(crate::backend::list_packs(repo.backend().as_ref()))?;
     let mut packs: BTreeMap<PackId, PackState> = BTreeMap::new();
     for (_, f) in &index_files {
         for p in &f.packs {
@@ -894,12 +873,12 @@ fn delete_all(repo: &IndexedRepository, names: Vec<String>) -> Result<()> {
 }
 
 fn read_deletions(repo: &IndexedRepository) -> Result<Vec<(Id, Deletion)>> {
-    let listed = repo.block_on(repo.backend().list(names::DELETIONS))?;
+    let listed: Vec<Id> = repo.block_on(crate::backend::list_ids(
+        repo.backend().as_ref(),
+        names::DELETIONS,
+    ))?;
     let mut out = Vec::new();
-    for o in listed {
-        let Some(id) = o.name.rsplit('/').next().and_then(|h| h.parse::<Id>().ok()) else {
-            continue;
-        };
+    for id in listed {
         let read = repo.block_on(crate::repository::read_deletion(
             repo.backend().as_ref(),
             repo.key(),
@@ -911,7 +890,7 @@ fn read_deletions(repo: &IndexedRepository) -> Result<Vec<(Id, Deletion)>> {
             Err(e @ Error::Backend { .. }) => return Err(e),
             Err(e) => {
                 return Err(Error::integrity(
-                    o.name,
+                    names::deletion(&id),
                     format!(
                         "{e}; prune stops. If the object is damaged, remove it: its packs then \
                          show as unindexed and the next prune handles them"

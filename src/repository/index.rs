@@ -21,7 +21,7 @@ use futures::StreamExt;
 use rocksdb::{DB, Options, WriteBatch};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, list_ids};
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::format::{BlobType, IndexFile, PackBlob, aad, names, open_object};
@@ -227,11 +227,9 @@ impl IndexCache {
 
     /// Bring the entries of packs awaiting deletion in step with `deletions/`.
     async fn sync_deletions(&self, backend: &dyn Backend, key: &MasterKey) -> Result<()> {
-        let listed: HashSet<crate::id::Id> = backend
-            .list(names::DELETIONS)
+        let listed: HashSet<crate::id::Id> = list_ids(backend, names::DELETIONS)
             .await?
             .into_iter()
-            .filter_map(|o| o.name.rsplit('/').next()?.parse().ok())
             .collect();
         let seen = self.ids(b'e')?;
         let to_read: Vec<crate::id::Id> =
@@ -279,12 +277,7 @@ impl IndexCache {
 
     /// Bring the cache in step with `index/`.
     pub async fn sync(&self, backend: &dyn Backend, key: &MasterKey) -> Result<SyncStats> {
-        let listed: HashSet<IndexId> = backend
-            .list(names::INDEX)
-            .await?
-            .into_iter()
-            .filter_map(|o| o.name.rsplit('/').next()?.parse().ok())
-            .collect();
+        let listed: HashSet<IndexId> = list_ids(backend, names::INDEX).await?.into_iter().collect();
         let seen = self.seen()?;
         let mut stats = SyncStats {
             index_files: listed.len(),

@@ -23,11 +23,7 @@ pub struct KeyInfo {
 }
 
 async fn load_all(backend: &dyn Backend) -> Result<Vec<(KeyId, Result<KeyFile>)>> {
-    let list = backend.list(names::KEYS).await?;
-    let ids: Vec<KeyId> = list
-        .iter()
-        .filter_map(|o| o.name.rsplit('/').next()?.parse().ok())
-        .collect();
+    let ids: Vec<KeyId> = crate::backend::list_ids(backend, names::KEYS).await?;
     Ok(futures::stream::iter(ids)
         .map(|id| async move {
             let name = names::key(&id);

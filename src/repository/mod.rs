@@ -300,11 +300,10 @@ impl Repository {
         &self,
     ) -> Result<(Vec<(SnapshotId, Snapshot)>, Vec<(String, Error)>)> {
         use futures::StreamExt;
-        let list = self.block_on(self.backend.list(names::SNAPSHOTS))?;
-        let ids: Vec<SnapshotId> = list
-            .iter()
-            .filter_map(|o| o.name.rsplit('/').next()?.parse().ok())
-            .collect();
+        let ids: Vec<SnapshotId> = self.block_on(crate::backend::list_ids(
+            self.backend.as_ref(),
+            names::SNAPSHOTS,
+        ))?;
         let results: Vec<_> = self.block_on(
             futures::stream::iter(ids)
                 .map(|id| async move { (id, self.backend.get(&names::snapshot(&id)).await) })
@@ -330,11 +329,10 @@ impl Repository {
     #[allow(clippy::type_complexity)]
     pub fn read_index_files(&self) -> Result<(Vec<(IndexId, IndexFile)>, Vec<(String, Error)>)> {
         use futures::StreamExt;
-        let listed: Vec<IndexId> = self
-            .block_on(self.backend.list(names::INDEX))?
-            .iter()
-            .filter_map(|o| o.name.rsplit('/').next()?.parse().ok())
-            .collect();
+        let listed: Vec<IndexId> = self.block_on(crate::backend::list_ids(
+            self.backend.as_ref(),
+            names::INDEX,
+        ))?;
         let fetched: Vec<_> = self.block_on(
             futures::stream::iter(listed)
                 .map(|id| async move {

@@ -566,7 +566,7 @@ pub struct MountArgs {
     #[arg(long)]
     pub allow_other: bool,
     /// Bytes of file data kept in memory (e.g. 64MiB).
-    #[arg(long, default_value = "64MiB", value_parser = cairn::ops::prune::parse_size)]
+    #[arg(long, default_value = "64MiB", value_parser = cairn::util::parse_size)]
     pub cache_size: u64,
     /// How old the list of snapshots may grow before it is read again.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, hide = true)]

@@ -69,7 +69,7 @@ pub(crate) fn prune_options(a: &PruneArgs, dry_run: bool) -> Result<PruneOptions
         max_repack: a
             .max_repack
             .as_deref()
-            .map(prune::parse_size)
+            .map(cairn::util::parse_size)
             .transpose()
             .map_err(|e| anyhow::anyhow!("--max-repack: {e}"))?,
         dry_run,

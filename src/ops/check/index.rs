@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, list_ids};
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::format::{BlobType, IndexFile, PackBlob, aad, names, open_object};
@@ -83,16 +83,6 @@ pub(crate) struct MemIndex {
     /// Index files treated as read without reading them (`backup --verify-new` reads
     /// only the files its backup wrote).
     pub skip: HashSet<IndexId>,
-}
-
-pub(crate) async fn list_ids<T: From<Id>>(backend: &dyn Backend, folder: &str) -> Result<Vec<T>> {
-    Ok(backend
-        .list(folder)
-        .await?
-        .into_iter()
-        .filter_map(|o| o.name.rsplit('/').next()?.parse::<Id>().ok())
-        .map(T::from)
-        .collect())
 }
 
 impl MemIndex {

@@ -303,7 +303,7 @@ impl<'r> Checker<'r> {
         let backend = self.repo.backend().clone();
         let ids: Vec<KeyId> = self
             .repo
-            .block_on(index::list_ids(backend.as_ref(), names::KEYS))?;
+            .block_on(crate::backend::list_ids(backend.as_ref(), names::KEYS))?;
         for id in ids {
             let name = names::key(&id);
             match self
@@ -347,16 +347,8 @@ impl<'r> Checker<'r> {
     }
 
     pub(crate) fn list_packs(&self) -> Result<HashMap<PackId, u64>> {
-        let list = self.repo.block_on(self.repo.backend().list(names::DATA))?;
-        Ok(list
-            .into_iter()
-            .filter_map(|o| {
-                Some((
-                    o.name.rsplit('/').next()?.parse::<Id>().ok()?.into(),
-                    o.size,
-                ))
-            })
-            .collect())
+        self.repo
+            .block_on(crate::backend::list_packs(self.repo.backend().as_ref()))
     }
 
     /// Compare the indexed packs with `data/`; returns the unreferenced packs.
@@ -611,7 +603,7 @@ impl<'r> Checker<'r> {
         let backend = self.repo.backend().clone();
         let now: HashSet<SnapshotId> = self
             .repo
-            .block_on(index::list_ids(backend.as_ref(), names::SNAPSHOTS))?
+            .block_on(crate::backend::list_ids(backend.as_ref(), names::SNAPSHOTS))?
             .into_iter()
             .collect();
         let vanished: HashSet<SnapshotId> = checked
@@ -673,7 +665,7 @@ impl Checker<'_> {
         let backend = self.repo.backend().clone();
         let snapshot_ids: Vec<SnapshotId> = self
             .repo
-            .block_on(index::list_ids(backend.as_ref(), names::SNAPSHOTS))?;
+            .block_on(crate::backend::list_ids(backend.as_ref(), names::SNAPSHOTS))?;
         self.check_keys()?;
         self.refresh_index()?;
         let unreferenced = self.check_packs()?;
@@ -696,7 +688,7 @@ impl Checker<'_> {
 pub fn list_index_files(repo: &Repository) -> Result<HashSet<crate::id::IndexId>> {
     let backend = repo.backend().clone();
     Ok(repo
-        .block_on(index::list_ids(backend.as_ref(), names::INDEX))?
+        .block_on(crate::backend::list_ids(backend.as_ref(), names::INDEX))?
         .into_iter()
         .collect())
 }
