@@ -70,14 +70,10 @@ impl Copier<'_> {
         let reader = super::dump::BlobReader::new(self.src, blobs);
         let mut ids = Vec::new();
         for chunk in chunker::chunk_stream(&params, seed, reader) {
-            // Errors of the source come through the reader as io errors; give back the
-            // repository error they carry.
-            let chunk = chunk.map_err(|e| match e.into_inner() {
-                Some(inner) => match inner.downcast::<Error>() {
-                    Ok(e) => *e,
-                    Err(other) => Error::Source(other.to_string()),
-                },
-                None => Error::Source("reading the source repository failed".into()),
+            let chunk = chunk.map_err(|e| {
+                super::dump::carried(e, |e| {
+                    Error::Source(format!("reading the source repository failed: {e}"))
+                })
             })?;
             self.bytes_read += chunk.len() as u64;
             ids.push(self.w.add(BlobType::Data, &chunk)?.0);

@@ -38,6 +38,18 @@ fn stdout_err(e: std::io::Error) -> Error {
     }
 }
 
+/// A repository error that travelled through `Read`/`Write` plumbing (a
+/// [`BlobReader`]) as an `io::Error`, unwrapped; any other io error goes to `otherwise`.
+pub(crate) fn carried(e: std::io::Error, otherwise: impl FnOnce(std::io::Error) -> Error) -> Error {
+    if e.get_ref().is_some_and(|i| i.is::<Error>()) {
+        if let Some(Ok(inner)) = e.into_inner().map(|i| i.downcast::<Error>()) {
+            return *inner;
+        }
+        unreachable!("checked to hold an Error above");
+    }
+    otherwise(e)
+}
+
 /// A reader over a file's blobs, one at a time (for the tar writer and `copy`).
 pub(crate) struct BlobReader<'a> {
     repo: &'a IndexedRepository,
@@ -165,17 +177,7 @@ fn add_tree(
             }
             NodeKind::Socket => Ok(()),
         };
-        // A repository error travels through the tar writer as an io::Error: unwrap it.
-        r.map_err(|e| {
-            if e.get_ref().is_some_and(|i| i.is::<Error>()) {
-                match e.into_inner().map(|i| i.downcast::<Error>()) {
-                    Some(Ok(inner)) => *inner,
-                    _ => unreachable!("checked above"),
-                }
-            } else {
-                stdout_err(e)
-            }
-        })?;
+        r.map_err(|e| carried(e, stdout_err))?;
     }
     Ok(())
 }
@@ -245,18 +247,7 @@ fn add_zip_tree<W: Write>(
             NodeKind::File { content } => {
                 zip.start_file(shown, zip_options(&node)).map_err(zip_err)?;
                 let mut reader = BlobReader::new(repo, content).take(node.size);
-                std::io::copy(&mut reader, zip).map_err(|e| {
-                    // A repository error comes through the reader; anything else is
-                    // the output's.
-                    if e.get_ref().is_some_and(|i| i.is::<Error>()) {
-                        *e.into_inner()
-                            .expect("checked")
-                            .downcast::<Error>()
-                            .expect("checked")
-                    } else {
-                        stdout_err(e)
-                    }
-                })?;
+                std::io::copy(&mut reader, zip).map_err(|e| carried(e, stdout_err))?;
             }
             NodeKind::Symlink { target } => {
                 let target = String::from_utf8_lossy(target).into_owned();
