@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{Repo, free_port, last_json_line};
+use crate::common::{Repo, free_port};
 
 struct Etcd {
     child: Child,
@@ -132,15 +132,7 @@ fn etcd_snapshot_backed_up_checked_restored_and_served() {
             .unwrap()
     };
     let out = backup(&snap_file);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = last_json_line(&out.stdout)["snapshot_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = crate::common::snapshot_id(&out);
 
     // Restore: the file, then etcd's own restore into a new data directory.
     let restored: PathBuf = tmp.path().join("restored.db");

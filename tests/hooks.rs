@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::common::{PASSWORD, Repo, data, last_json_line};
+use crate::common::{Repo, data};
 
 /// A post command that writes its environment to `file`.
 fn recorder(file: &Path) -> String {
@@ -43,15 +43,7 @@ fn post_command_gets_the_snapshot_of_a_good_backup_after_the_pre_command() {
         .arg(&src)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = last_json_line(&out.stdout)["snapshot_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = crate::common::snapshot_id(&out);
     assert_eq!(recorded(&post), ["ok", "0", id.as_str()]);
     assert_eq!(std::fs::read_to_string(&order).unwrap(), "pre\npost\n");
 }
@@ -119,10 +111,8 @@ fn a_failing_post_command_fails_the_run_but_keeps_the_snapshot() {
 fn post_command_runs_when_the_backup_is_interrupted() {
     let repo = Repo::new();
     let post = repo.tmp.path().join("post");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .env("CAIRN_REPOSITORY", &repo.path)
-        .env("CAIRN_PASSWORD", PASSWORD)
-        .env("CAIRN_CACHE_DIR", repo.tmp.path().join("cache"))
+    let mut child = repo
+        .cmd_std()
         .args([
             "backup",
             "--stdin-from-command",

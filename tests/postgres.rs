@@ -5,8 +5,8 @@
 
 use std::process::Stdio;
 
+use crate::common::Repo;
 use crate::common::pg::PgServer;
-use crate::common::{Repo, last_json_line};
 
 /// What the registry holds, as one line: counts, sums and a digest of every row.
 const FINGERPRINT: &str = "SELECT (SELECT count(*) FROM artifact) || ' ' || \
@@ -50,15 +50,7 @@ fn registry_dumps_of_three_days_restore_into_fresh_databases() {
             .args(["-d", "registry"])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let id = last_json_line(&out.stdout)["snapshot_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let id = crate::common::snapshot_id(&out);
         days.push((id, expected));
     }
     for (n, (id, expected)) in days.iter().enumerate() {

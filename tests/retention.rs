@@ -455,10 +455,8 @@ fn a_killed_backup_holds_back_deletion_until_its_lock_is_stale() {
     // A backup that is killed while it runs.
     let locks = repo.path.join("locks");
     let before = std::fs::read_dir(&locks).unwrap().count();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .env("CAIRN_REPOSITORY", &repo.path)
-        .env("CAIRN_PASSWORD", PASSWORD)
-        .env("CAIRN_CACHE_DIR", repo.tmp.path().join("cache"))
+    let mut child = repo
+        .cmd_std()
         .args([
             "backup",
             "--stdin-from-command",

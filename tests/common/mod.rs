@@ -375,3 +375,16 @@ pub fn assert_incomplete(out: &std::process::Output, reason: &str) {
     let first = s["problems"][0]["message"].as_str().unwrap_or_default();
     assert!(first.contains(reason), "{s:#}");
 }
+
+/// The snapshot id a successful `backup --json` printed (its stderr shown if it failed).
+pub fn snapshot_id(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    last_json_line(&out.stdout)["snapshot_id"]
+        .as_str()
+        .expect("a snapshot id")
+        .to_string()
+}
