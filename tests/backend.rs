@@ -253,3 +253,97 @@ fn objects_vanishing_between_listing_and_reading_are_skipped() {
     let (_, snap) = repo.find_snapshot("latest").unwrap();
     assert!(repo.load_tree(&snap.tree).is_ok());
 }
+
+/// A file over twice the part size goes up in parts and reads back whole; a second
+/// upload of the name is refused like any create.
+#[test]
+fn s3_large_files_upload_in_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&dir.path().join("s3"));
+    let opts = S3Options {
+        part_size: 5 << 20,
+        ..server.options("cairn-full")
+    };
+    let b = backend::open(&server.url("mp"), true, &opts).unwrap();
+    let file = dir.path().join("pack");
+    let data: Vec<u8> = (0..(12u32 << 20) + 12345)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&file, &data).unwrap();
+    let rt = rt();
+    let stats = b.request_stats().unwrap();
+    let puts_before = stats.puts.load(std::sync::atomic::Ordering::Relaxed);
+    rt.block_on(b.create_file("data/ab/big", &file)).unwrap();
+    // Three parts (5, 5 and 2 MiB), each a PUT, and the POSTs creating and completing
+    // the upload (writes are counted together).
+    assert_eq!(
+        stats.puts.load(std::sync::atomic::Ordering::Relaxed) - puts_before,
+        5
+    );
+    assert_eq!(rt.block_on(b.get("data/ab/big")).unwrap(), data);
+    assert_eq!(
+        rt.block_on(b.head("data/ab/big")).unwrap(),
+        Some(data.len() as u64)
+    );
+    let again = rt.block_on(b.create_file("data/ab/big", &file));
+    assert!(
+        matches!(again, Err(Error::AlreadyExists { .. })),
+        "{again:?}"
+    );
+    // Under the threshold: one request.
+    let small = dir.path().join("small");
+    std::fs::write(&small, &data[..1 << 20]).unwrap();
+    let puts_before = stats.puts.load(std::sync::atomic::Ordering::Relaxed);
+    rt.block_on(b.create_file("data/ab/small", &small)).unwrap();
+    assert_eq!(
+        stats.puts.load(std::sync::atomic::Ordering::Relaxed) - puts_before,
+        1
+    );
+    // A part size under S3's minimum is refused up front.
+    let tiny = S3Options {
+        part_size: 1 << 20,
+        ..server.options("cairn-full")
+    };
+    let err = backend::open(&server.url("mp"), false, &tiny).unwrap_err();
+    assert!(err.to_string().contains("5 MiB"), "{err}");
+}
+
+/// A part that fails (no retries left) fails the upload, which is aborted: nothing is
+/// published under the name, and a later upload of it succeeds.
+#[test]
+fn s3_failed_multipart_upload_is_aborted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&dir.path().join("s3"));
+    let opts = S3Options {
+        part_size: 5 << 20,
+        retries: 0,
+        ..server.options("cairn-full")
+    };
+    let b = backend::open(&server.url("mpfail"), true, &opts).unwrap();
+    let file = dir.path().join("pack");
+    std::fs::write(&file, vec![7u8; 11 << 20]).unwrap();
+    let rt = rt();
+    // HEAD, CreateMultipartUpload, then the first part fails.
+    server
+        .faults
+        .fail_every
+        .store(3, std::sync::atomic::Ordering::Relaxed);
+    let failed = rt.block_on(b.create_file("data/cd/big", &file));
+    server
+        .faults
+        .fail_every
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    let err = failed.unwrap_err();
+    assert!(err.to_string().contains("data/cd/big"), "{err}");
+    assert_eq!(rt.block_on(b.head("data/cd/big")).unwrap(), None);
+    // s3s-fs keeps an upload's record and parts beside the buckets until it is
+    // completed or aborted.
+    let pending: Vec<_> = std::fs::read_dir(dir.path().join("s3"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".upload"))
+        .collect();
+    assert!(pending.is_empty(), "parts left behind: {pending:?}");
+    rt.block_on(b.create_file("data/cd/big", &file)).unwrap();
+    assert_eq!(rt.block_on(b.get("data/cd/big")).unwrap().len(), 11 << 20);
+}

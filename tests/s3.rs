@@ -286,3 +286,47 @@ fn server_stopped_mid_backup_then_rerun_reuses_uploads() {
         .success();
     assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
 }
+
+/// Packs larger than twice the part size go up as multipart uploads; the repository
+/// reads back whole and checks clean.
+#[test]
+fn large_packs_go_up_in_parts_and_read_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&tmp.path().join("s3"));
+    let url = server.url("repo");
+    cmd(&server, &url, "cairn-full", tmp.path())
+        .args(["init", "--kdf-memory-kib", "1024", "--pack-size-mib", "12"])
+        .assert()
+        .success();
+    let src = tmp.path().join("src");
+    tree(&src, 3, 9_000_000);
+    let out = crate::common::run_ok(
+        cmd(&server, &url, "cairn-full", tmp.path())
+            .args(["--s3-part-size", "5MiB", "backup", "--json"])
+            .arg(&src),
+    );
+    let s = last_json_line(&out.stdout);
+    // At least one 12 MiB pack: three parts and two POSTs, against one PUT for a
+    // small object.
+    let packs = s["summary"]["packs_added"].as_u64().unwrap();
+    let puts = s["requests"]["puts"].as_u64().unwrap();
+    assert!(packs >= 2, "{s}");
+    assert!(puts >= packs + 4, "{s}");
+    let target = tmp.path().join("out");
+    cmd(&server, &url, "cairn-full", tmp.path())
+        .args(["restore", "latest", "--target"])
+        .arg(&target)
+        .assert()
+        .success();
+    assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
+    cmd(&server, &url, "cairn-full", tmp.path())
+        .args(["check", "--read-data"])
+        .assert()
+        .success();
+    // S3 wants parts of at least 5 MiB.
+    cmd(&server, &url, "cairn-full", tmp.path())
+        .args(["--s3-part-size", "1MiB", "snapshots"])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("5 MiB"));
+}

@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result};
 
-pub use object::ObjectStoreBackend;
+pub use object::{Multipart, ObjectStoreBackend};
 pub use s3::{RequestStats, S3Options};
 
 /// An object's name and size as listed.

@@ -25,7 +25,21 @@ pub struct ObjectStoreBackend {
     /// Send create-only writes as conditional puts. Off for servers found to ignore
     /// or reject them: then a create checks for the name first (see `create`).
     conditional: AtomicBool,
+    /// Files larger than this are uploaded in parts (S3); `None`: always one request.
+    pub(super) multipart: Option<Multipart>,
 }
+
+/// How large files go up to an object store that takes uploads in parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Multipart {
+    /// Files over this many bytes are uploaded in parts.
+    pub threshold: u64,
+    /// Bytes a part (the last may be shorter). S3 wants at least 5 MiB.
+    pub part_size: u64,
+}
+
+/// Parts of one upload in flight at once: memory is at most this many parts per upload.
+const PARTS_IN_FLIGHT: usize = 2;
 
 impl ObjectStoreBackend {
     pub fn new(store: Arc<dyn ObjectStore>, location: String) -> Self {
@@ -35,6 +49,7 @@ impl ObjectStoreBackend {
             local_root: None,
             requests: None,
             conditional: AtomicBool::new(true),
+            multipart: None,
         }
     }
 
@@ -52,6 +67,83 @@ impl ObjectStoreBackend {
         let mut b = Self::new(Arc::new(store), abs.display().to_string());
         b.local_root = Some(abs);
         Ok(b)
+    }
+
+    /// Upload a large file in parts, [`PARTS_IN_FLIGHT`] at a time, read from the file
+    /// as they go. Object stores take no condition on completing an upload (and
+    /// `object_store` sends none), so create-only rests on a HEAD first: this is only
+    /// used for packs, whose names are the hash of their bytes, so an object that
+    /// appears between the HEAD and the completion holds the same bytes. A failed upload
+    /// is aborted, so no parts are left behind to be billed.
+    async fn create_multipart(
+        &self,
+        name: &str,
+        file: &std::path::Path,
+        m: Multipart,
+    ) -> Result<()> {
+        if self.head(name).await?.is_some() {
+            return Err(Error::AlreadyExists {
+                what: format!("{name} in {}", self.location),
+            });
+        }
+        let mut upload = self
+            .store
+            .put_multipart(&Path::from(name))
+            .await
+            .map_err(|e| self.err(name, e))?;
+        match self.send_parts(upload.as_mut(), name, file, m).await {
+            Ok(()) => upload
+                .complete()
+                .await
+                .map(|_| ())
+                .map_err(|e| self.err(name, e)),
+            Err(e) => {
+                if let Err(a) = upload.abort().await {
+                    tracing::warn!("aborting the upload of {name} failed: {a}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn send_parts(
+        &self,
+        upload: &mut dyn object_store::MultipartUpload,
+        name: &str,
+        file: &std::path::Path,
+        m: Multipart,
+    ) -> Result<()> {
+        use tokio::io::AsyncReadExt;
+        let mut f = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| Error::io(file, e))?;
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        loop {
+            let mut part = Vec::with_capacity(m.part_size as usize);
+            (&mut f)
+                .take(m.part_size)
+                .read_to_end(&mut part)
+                .await
+                .map_err(|e| Error::io(file, e))?;
+            if part.is_empty() {
+                break;
+            }
+            let last = (part.len() as u64) < m.part_size;
+            in_flight.push(upload.put_part(PutPayload::from(part)));
+            while in_flight.len() >= PARTS_IN_FLIGHT {
+                in_flight.try_next().await.map_err(|e| self.err(name, e))?;
+            }
+            if last {
+                break;
+            }
+        }
+        while in_flight
+            .try_next()
+            .await
+            .map_err(|e| self.err(name, e))?
+            .is_some()
+        {}
+        Ok(())
     }
 
     fn err(&self, name: &str, e: object_store::Error) -> Error {
@@ -110,6 +202,13 @@ impl Backend for ObjectStoreBackend {
 
     async fn create_file(&self, name: &str, file: &std::path::Path) -> Result<()> {
         let Some(root) = self.local_root.clone() else {
+            let len = tokio::fs::metadata(file)
+                .await
+                .map_err(|e| Error::io(file, e))?
+                .len();
+            if let Some(m) = self.multipart.filter(|m| len > m.threshold) {
+                return self.create_multipart(name, file, m).await;
+            }
             let data = tokio::fs::read(file)
                 .await
                 .map_err(|e| Error::io(file, e))?;

@@ -47,6 +47,8 @@ pub struct S3Options {
     /// Timeout of one request.
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    /// Size of the parts of a multipart upload; packs over twice this go up in parts.
+    pub part_size: u64,
 }
 
 impl std::fmt::Debug for S3Options {
@@ -74,10 +76,17 @@ impl S3Options {
             retry_timeout: Duration::from_secs(60),
             timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
+            part_size: DEFAULT_PART_SIZE,
             ..Default::default()
         }
     }
 }
+
+/// Parts of 16 MiB: a default pack (16 MiB) goes up in one request, and a pack made
+/// larger with `init --pack-size` in parts of this size, two at a time.
+pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
+/// S3's smallest part (all but the last).
+pub const MIN_PART_SIZE: u64 = 5 << 20;
 
 /// Requests sent, for reports and benchmarks.
 #[derive(Debug, Default)]
@@ -276,8 +285,18 @@ pub fn open(url: &str, opts: &S3Options) -> Result<ObjectStoreBackend> {
             b.parsed.prefix.as_str(),
         ))
     };
+    if opts.part_size < MIN_PART_SIZE {
+        return Err(Error::Config(format!(
+            "S3 part size {} bytes is under S3's minimum of 5 MiB",
+            opts.part_size
+        )));
+    }
     let mut backend = ObjectStoreBackend::new(store, b.location);
     backend.requests = Some(b.stats);
+    backend.multipart = Some(super::Multipart {
+        threshold: 2 * opts.part_size,
+        part_size: opts.part_size,
+    });
     Ok(backend)
 }
 

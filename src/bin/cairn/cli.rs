@@ -95,6 +95,10 @@ pub struct S3Args {
     /// Timeout of one store request.
     #[arg(long, global = true, default_value = "5m", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+    /// S3 multipart part size (at least 5MiB); packs over twice this are uploaded in
+    /// parts, two at a time.
+    #[arg(long, global = true, default_value = "16MiB", value_parser = cairn::util::parse_size)]
+    pub s3_part_size: u64,
 }
 
 #[derive(Debug, Subcommand)]

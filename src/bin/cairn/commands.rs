@@ -215,6 +215,7 @@ fn s3_options(g: &Global) -> Result<S3Options> {
         retry_timeout: a.retry_timeout,
         timeout: a.timeout,
         connect_timeout: std::time::Duration::from_secs(10).min(a.timeout),
+        part_size: a.s3_part_size,
     })
 }
 
