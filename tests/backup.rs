@@ -236,7 +236,10 @@ fn missing_source_is_named_and_exits_3() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("vanished"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("vanished"));
+    // Not a terminal (cron mail, `kubectl logs`): no colour codes around the warning.
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
     let v: serde_json::Value = serde_json::from_slice(
         &repo
             .cmd()
