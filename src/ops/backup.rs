@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use super::Problem;
 use super::select::{SelectOptions, Selector};
-use super::stream_check::{Checker, Checking, StreamCheck};
+use super::stream_check::{Checker, Checking, StreamCheck, Verdict};
 use crate::chunker;
 use crate::error::{Error, Result};
 use crate::format::{BlobType, Node, NodeKind, Snapshot, StreamInfo, Timestamp, Tree, Xattr};
@@ -813,24 +813,19 @@ pub(super) fn backup_stream(
         )));
     }
     ctx.progress.files.fetch_add(1, Ordering::Relaxed);
-    let checker = Arc::new(Mutex::new(Checker::new(ctx.stream_check)));
+    let checker = Arc::new(Mutex::new(Checker::start(ctx.stream_check)?));
     let reader = Box::new(Checking {
         inner: reader,
         checker: checker.clone(),
     });
     let (content, bytes) = match store_stream(ctx, reader, u64::MAX) {
         Ok(r) => {
-            let checker = std::mem::replace(
-                &mut *checker.lock().expect("checker"),
-                Checker::new(StreamCheck::None),
-            );
-            let (kind, problem) = checker.verdict();
-            if let Some(kind) = kind {
-                let outcome = if problem.is_some() { "failed" } else { "ok" };
-                *ctx.stream_checked.lock().expect("stream check") =
-                    Some(format!("{kind}: {outcome}"));
+            let verdict = std::mem::take(&mut *checker.lock().expect("checker")).verdict();
+            *ctx.stream_checked.lock().expect("stream check") = verdict.recorded();
+            if let Verdict::Skipped(kind, why) = &verdict {
+                tracing::warn!("{name}: the {kind} check was skipped: {why}");
             }
-            if let Some(p) = problem {
+            if let Some(p) = verdict.problem() {
                 ctx.problem(Path::new(name), p);
             }
             r

@@ -421,6 +421,7 @@ fn backup_cmd(g: &Global, a: BackupArgs, snapshot: &mut Option<cairn::SnapshotId
             "parent": done.snapshot.parent,
             "complete": done.snapshot.complete,
             "problems": done.problems,
+            "stream_check": done.snapshot.extra.get("stream_check"),
             "summary": s,
             "verified": done.verified.map(|(packs, bytes)| serde_json::json!({"packs": packs, "bytes": bytes})),
         });
