@@ -16,6 +16,7 @@ mod hooks;
 mod k8s;
 mod keys;
 mod mount;
+mod nexus;
 mod postgres;
 mod profiles;
 mod repair;
