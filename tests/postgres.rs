@@ -139,6 +139,39 @@ fn registry_dumps_of_three_days_restore_into_fresh_databases() {
     let out = repo.cmd().args(["snapshots", "--json"]).output().unwrap();
     let snaps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(snaps.as_array().unwrap().len(), 4);
+
+    // `pg_dumpall` (the Deis recipe's extra dump): recognised and held to its cluster
+    // trailer, which a cut before it lacks even though a database's trailer is there.
+    let out = repo
+        .cmd()
+        .args(["backup", "--json", "--stdin-from-command"])
+        .args(["--stdin-name", "deis/dump_all.sql", "--"])
+        .args(pg.argv("pg_dumpall"))
+        .output()
+        .unwrap();
+    crate::common::snapshot_id(&out);
+    let s = crate::common::last_json_line(&out.stdout);
+    assert_eq!(s["stream_check"], "pg-dump: ok", "{s:#}");
+    let all = pg.client("pg_dumpall").output().unwrap().stdout;
+    // Cut just before the cluster trailer's first line.
+    let trailer = b"--\n-- PostgreSQL database cluster dump complete";
+    let cut = all
+        .windows(trailer.len())
+        .rposition(|w| w == trailer)
+        .unwrap();
+    let out = repo
+        .cmd()
+        .args([
+            "backup",
+            "--json",
+            "--stdin",
+            "--stdin-name",
+            "deis/cut.sql",
+        ])
+        .write_stdin(all[..cut].to_vec())
+        .output()
+        .unwrap();
+    crate::common::assert_incomplete(&out, "cluster dump complete");
 }
 
 /// `cairn` with the server's client tools (`pg_restore`) first on PATH, or with `path`.

@@ -3,6 +3,7 @@
 //!
 //! * `pg-dump`: plain `pg_dump` output ends with a "dump complete" comment. A dump cut
 //!   short (a killed `pg_dump`, a broken pipe under a shell without `pipefail`) lacks it.
+//!   `pg_dumpall` output (a "cluster dump") must end with its "cluster dump complete".
 //! * `pg-custom`: a custom-format dump (`pg_dump -Fc`, starting with `PGDMP`) is fed, as
 //!   it is stored, through a pipe to `pg_restore -f /dev/null`, which reads every data
 //!   block and fails at a cut. (`pg_restore --list` reads only the table of contents at
@@ -10,8 +11,8 @@
 //!   pipe is the only buffer, and a slow `pg_restore` slows the backup down.
 //! * `etcd-snapshot`: `etcdctl snapshot save` appends the SHA-256 of the database to the
 //!   file; the last 32 bytes must be the hash of everything before them.
-//! * `auto` (the default) recognises plain `pg_dump` output by its first line and a
-//!   custom-format dump by its magic, and checks them; where `pg_restore` is not
+//! * `auto` (the default) recognises plain `pg_dump` and `pg_dumpall` output by its
+//!   first lines and a custom-format dump by its magic, and checks them; where `pg_restore` is not
 //!   installed the custom-format check is skipped, and the snapshot says so. Other
 //!   streams are taken as they come.
 
@@ -57,6 +58,10 @@ impl std::str::FromStr for StreamCheck {
 
 const PG_HEAD: &[u8] = b"--\n-- PostgreSQL database dump";
 const PG_TRAILER: &[u8] = b"-- PostgreSQL database dump complete";
+const PG_CLUSTER_HEAD: &[u8] = b"--\n-- PostgreSQL database cluster dump";
+const PG_CLUSTER_TRAILER: &[u8] = b"-- PostgreSQL database cluster dump complete";
+/// Bytes of the stream's start kept to recognise it.
+const HEAD: usize = PG_CLUSTER_HEAD.len();
 /// The first bytes of a custom-format archive (PostgreSQL's `pg_backup_archiver.c`).
 const PG_CUSTOM_MAGIC: &[u8] = b"PGDMP";
 /// Bytes of the stream's end kept for the trailer check.
@@ -147,8 +152,8 @@ impl Checker {
     pub fn update(&mut self, data: &[u8]) {
         let before = self.total;
         self.total += data.len() as u64;
-        if self.head.len() < PG_HEAD.len() {
-            let take = (PG_HEAD.len() - self.head.len()).min(data.len());
+        if self.head.len() < HEAD {
+            let take = (HEAD - self.head.len()).min(data.len());
             self.head.extend_from_slice(&data[..take]);
         }
         for &b in data.iter().skip(data.len().saturating_sub(TAIL)) {
@@ -191,22 +196,33 @@ impl Checker {
     /// What was checked, and what it found.
     pub fn verdict(mut self) -> Verdict {
         let kind = match self.kind {
-            StreamCheck::Auto if self.head == PG_HEAD => StreamCheck::PgDump,
+            StreamCheck::Auto
+                if self.head.starts_with(PG_HEAD) || self.head.starts_with(PG_CLUSTER_HEAD) =>
+            {
+                StreamCheck::PgDump
+            }
             StreamCheck::Auto if self.head.starts_with(PG_CUSTOM_MAGIC) => StreamCheck::PgCustom,
             k => k,
         };
         match kind {
             StreamCheck::Auto | StreamCheck::None => Verdict::Unchecked,
             StreamCheck::PgDump => {
+                let (trailer, tool) = if self.head.starts_with(PG_CLUSTER_HEAD) {
+                    (PG_CLUSTER_TRAILER, "pg_dumpall")
+                } else {
+                    (PG_TRAILER, "pg_dump")
+                };
                 let tail: Vec<u8> = self.tail.into_iter().collect();
-                if tail.windows(PG_TRAILER.len()).any(|w| w == PG_TRAILER) {
+                if tail.windows(trailer.len()).any(|w| w == trailer) {
                     Verdict::Passed("pg-dump")
                 } else {
                     Verdict::Failed(
                         "pg-dump",
-                        "pg_dump output does not end with its \"dump complete\" line: the dump \
-                         is truncated (was pg_dump killed, or the pipe cut?)"
-                            .into(),
+                        format!(
+                            "{tool} output does not end with its \"{}\" line: the dump is \
+                             truncated (was {tool} killed, or the pipe cut?)",
+                            String::from_utf8_lossy(&trailer[3..])
+                        ),
                     )
                 }
             }
@@ -404,6 +420,22 @@ mod tests {
         assert_eq!(v.recorded().unwrap(), "pg-dump: failed");
         assert_eq!(run(StreamCheck::Auto, b"not a dump", 3), Verdict::Unchecked);
         assert_eq!(run(StreamCheck::None, cut, 3), Verdict::Unchecked);
+    }
+
+    #[test]
+    fn pg_dumpall_needs_the_cluster_trailer_not_only_a_database_one() {
+        let all = b"--\n-- PostgreSQL database cluster dump\n--\n\nCREATE ROLE app;\n--\n-- PostgreSQL database dump\n--\n\n--\n-- PostgreSQL database dump complete\n--\n\n--\n-- PostgreSQL database cluster dump complete\n--\n\n";
+        assert_eq!(run(StreamCheck::Auto, all, 5), Verdict::Passed("pg-dump"));
+        assert_eq!(run(StreamCheck::PgDump, all, 5), Verdict::Passed("pg-dump"));
+        // Cut after the last database's trailer, before the cluster's.
+        let cut = &all[..all.len() - 52];
+        assert!(cut.ends_with(b"dump complete\n--\n\n"));
+        let v = run(StreamCheck::Auto, cut, 5);
+        let p = v.problem().expect("cut");
+        assert!(
+            p.contains("pg_dumpall") && p.contains("cluster dump complete"),
+            "{p}"
+        );
     }
 
     #[test]

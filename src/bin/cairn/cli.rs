@@ -191,10 +191,10 @@ pub struct BackupArgs {
     #[arg(long, default_value = "stdin")]
     pub stdin_name: String,
     /// Check the stream before the snapshot counts as complete: pg-dump (plain pg_dump
-    /// output must end with its "dump complete" line), pg-custom (a `pg_dump -Fc`
+    /// or pg_dumpall output must end with its "dump complete" line), pg-custom (a `pg_dump -Fc`
     /// archive must pass `pg_restore -f /dev/null`, fed as it is stored), etcd-snapshot
-    /// (the SHA-256 `etcdctl snapshot save` appends must match), none, or auto: both
-    /// pg_dump formats are recognised and checked (the custom one only where pg_restore
+    /// (the SHA-256 `etcdctl snapshot save` appends must match), none, or auto: these
+    /// dumps are recognised by their first bytes and checked (the custom one only where pg_restore
     /// is installed; else the snapshot records the check as skipped). A failed check
     /// leaves the snapshot incomplete (exit 3).
     #[arg(long, default_value = "auto")]
