@@ -497,6 +497,8 @@ fn backup_entry(
     };
     // An unchanged file (same ctime) has the parent's extended attributes too.
     let mut same_xattrs: Option<&Vec<crate::format::Xattr>> = None;
+    // The bytes a read stored, which differ from the stat's size when the file changed.
+    let mut read_size = None;
     let ft = meta.file_type();
     let kind = if ft.is_dir() {
         if ctx.select.marked(path) {
@@ -536,7 +538,10 @@ fn backup_entry(
                 ctx.progress.files_changed.fetch_add(1, Ordering::Relaxed);
             }
             match backup_file(ctx, path, &meta) {
-                Ok(Some(content)) => NodeKind::File { content },
+                Ok(Some((content, read))) => {
+                    read_size = Some(read);
+                    NodeKind::File { content }
+                }
                 Ok(None) => return Ok(None),
                 Err(e) => return Err(e),
             }
@@ -564,6 +569,8 @@ fn backup_entry(
         return Ok(None);
     };
     let mut node = node_from_meta(ctx, path, name, &meta, kind);
+    // The size a reader gets is that of the stored content (restore, dump and tar agree).
+    node.size = read_size.unwrap_or(node.size);
     node.xattrs = match same_xattrs {
         Some(x) => x.clone(),
         None => read_xattrs(path),
@@ -629,8 +636,13 @@ fn backup_dir_contents(ctx: &Ctx, path: &Path, parent: Option<&Tree>, dev: u64) 
     store_tree(ctx, nodes.into_iter().flatten().collect())
 }
 
-/// Store a file's content. `Ok(None)` when it could not be read (problem recorded).
-fn backup_file(ctx: &Ctx, path: &Path, meta: &std::fs::Metadata) -> Result<Option<Vec<BlobId>>> {
+/// Store a file's content; its blobs and length. `Ok(None)` when it could not be read
+/// (problem recorded).
+fn backup_file(
+    ctx: &Ctx,
+    path: &Path,
+    meta: &std::fs::Metadata,
+) -> Result<Option<(Vec<BlobId>, u64)>> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) => {
@@ -661,7 +673,7 @@ fn backup_file(ctx: &Ctx, path: &Path, meta: &std::fs::Metadata) -> Result<Optio
             ctx.problem(path, "file changed while being read (mtime changed)");
         }
     }
-    Ok(Some(content))
+    Ok(Some((content, read)))
 }
 
 /// Chunk and store a stream; returns the blob list and the byte count. Small inputs are
