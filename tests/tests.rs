@@ -10,6 +10,7 @@ mod check;
 mod concurrency;
 mod copy;
 mod decoders;
+mod deis;
 mod errors;
 mod etcd;
 mod hooks;
