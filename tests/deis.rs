@@ -323,20 +323,37 @@ fn a_log_rotated_by_truncation_under_the_backup_keeps_what_was_read() {
 fn mirrored_wal_buckets_back_up_incrementally_and_restore() {
     let repo = Repo::new();
     let views = repo.tmp.path().join("var/lib/cairn-views/deis");
+    let tag: &[&std::ffi::OsStr] = &["--tag".as_ref(), "deis-buckets".as_ref()];
     bucket_views(&views, 2..40);
-    let first = repo.backup_json(&[views.as_os_str()]);
+    let first = repo.backup_json(&[tag, &[views.as_os_str()]].concat());
     assert_eq!(first["complete"], true);
     // A day later: new WAL segments and a new image; the mirror leaves the rest alone.
     bucket_views(&views, 40..52);
-    let second = repo.backup_json(&[views.as_os_str()]);
+    let second = repo.backup_json(&[tag, &[views.as_os_str()]].concat());
     let s = &second["summary"];
     assert_eq!(s["files_new"], 12, "{second:#}");
     assert_eq!(s["files_changed"], 0, "{second:#}");
     let added: u64 = (40..52u64).map(|s| 150_000 + (s % 5) * 10_000).sum();
     assert_eq!(s["bytes_read"], added, "only the new segments were read");
-    let restored = repo.restore_latest(&views);
+
+    // The store volume's snapshot comes later, so `latest` is not the buckets': the
+    // guide picks the newest of a tag with `snapshots --tag TAG --json`.
+    let store = repo.tmp.path().join("var/lib/deis/store");
+    write(&store, "logs/app-00.log", &log_lines("app-00", 10_000, 1));
+    repo.backup_json(&["--tag".as_ref(), "deis-store".as_ref(), store.as_os_str()]);
+    let out = run_ok(
+        repo.cmd()
+            .args(["snapshots", "--tag", "deis-buckets", "--json"]),
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[1]["id"], second["snapshot_id"]);
+    let target = repo.tmp.path().join("restored");
+    let from = format!("{}:{}", list[1]["id"].as_str().unwrap(), views.display());
+    run_ok(repo.cmd().args(["restore", &from, "--target"]).arg(&target));
     let want = files(&views);
-    assert_eq!(files(&restored), want);
+    assert_eq!(files(&target), want);
     assert!(
         want.keys()
             .any(|k| k.ends_with("_backup_stop_sentinel.json"))

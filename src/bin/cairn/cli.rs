@@ -104,7 +104,7 @@ pub enum Command {
     /// Back up files and directories, or a stream from stdin.
     Backup(Box<BackupArgs>),
     /// List snapshots.
-    Snapshots,
+    Snapshots(SnapshotFilter),
     /// List files in a snapshot: SNAPSHOT[:/path].
     Ls(LsArgs),
     /// Restore a snapshot, or a path in it (SNAPSHOT:/path), into a directory.
@@ -448,15 +448,8 @@ pub struct ForgetArgs {
     /// Group snapshots by these fields before applying the policy.
     #[arg(short = 'g', long, default_value = "host,paths")]
     pub group_by: String,
-    /// Only snapshots of this host (repeatable).
-    #[arg(long)]
-    pub host: Vec<String>,
-    /// Only snapshots with these tags (comma: all of them; repeat: any set).
-    #[arg(long)]
-    pub tag: Vec<String>,
-    /// Only snapshots of this path (repeatable; a snapshot must have all given paths).
-    #[arg(long)]
-    pub path: Vec<String>,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
     /// Days, weeks, ... in UTC instead of the local time zone.
     #[arg(long)]
     pub utc: bool,
@@ -468,6 +461,20 @@ pub struct ForgetArgs {
     pub prune: bool,
     #[command(flatten)]
     pub prune_args: PruneArgs,
+}
+
+/// Which snapshots `snapshots` lists and `forget` considers.
+#[derive(Debug, Args)]
+pub struct SnapshotFilter {
+    /// Only snapshots of this host (repeatable).
+    #[arg(long)]
+    pub host: Vec<String>,
+    /// Only snapshots with these tags (comma: all of them; repeat: any set).
+    #[arg(long)]
+    pub tag: Vec<String>,
+    /// Only snapshots of this path (repeatable; a snapshot must have all given paths).
+    #[arg(long)]
+    pub path: Vec<String>,
 }
 
 #[derive(Debug, Args)]
