@@ -156,4 +156,136 @@ fn manifests_are_consistent_and_run_real_cairn_commands() {
         .join(" ");
     assert!(args.contains("--pre-command=kubectl -n nexus scale deploy/nexus --replicas=0"));
     assert!(args.contains("--post-command=kubectl -n nexus scale deploy/nexus --replicas=1"));
+    // The hooks are the Nexus guide's (tests/nexus.rs runs those), and the Role allows
+    // what they do beyond scaling: waiting for the pod to go and listing pods.
+    let guide =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/guides/nexus.md"))
+            .unwrap();
+    let profile = guide
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .find(|b| b.contains("[profiles.nexus.backup]"))
+        .unwrap();
+    let profile: toml::Table = profile.parse().unwrap();
+    let hooks = &profile["profiles"]["nexus"]["backup"];
+    for (key, opt) in [
+        ("pre_command", "pre-command"),
+        ("post_command", "post-command"),
+    ] {
+        let hook = hooks[key].as_str().unwrap();
+        assert!(
+            args.contains(&format!("--{opt}={hook}")),
+            "the CronJob's --{opt} is not the guide's: {hook}"
+        );
+    }
+    let pre = hooks["pre_command"].as_str().unwrap();
+    if pre.contains(" wait ") || pre.contains(" get pod") {
+        let may_watch_pods = role["rules"].as_vec().unwrap().iter().any(|r| {
+            let has =
+                |k: &str, v: &str| r[k].as_vec().unwrap().iter().any(|x| x.as_str() == Some(v));
+            has("apiGroups", "")
+                && has("resources", "pods")
+                && ["get", "list", "watch"].iter().all(|v| has("verbs", v))
+        });
+        assert!(
+            may_watch_pods,
+            "the hooks wait for pods: the Role must get, list and watch pods"
+        );
+    }
+}
+
+/// The image cannot be built here (no Docker engine, no network), so its recipe is
+/// checked: a release build of the locked sources, the binary as the entry point, the
+/// tools the jobs and recipes call, no root, and the cache where the jobs mount it.
+#[test]
+fn dockerfile_has_what_the_jobs_need() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/Dockerfile"))
+            .unwrap();
+    // Instructions, with continuation lines joined and comments dropped.
+    let joined = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("\\\n", " ");
+    let lines: Vec<&str> = joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let froms: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("FROM "))
+        .copied()
+        .collect();
+    assert_eq!(
+        froms.len(),
+        2,
+        "a build stage and a small runtime stage: {froms:?}"
+    );
+    assert!(froms[0].ends_with(" AS build"), "{}", froms[0]);
+    // The runtime's Debian release is the build's, so the binary's glibc is there.
+    let release = |from: &str| {
+        from.split([':', '-', ' '])
+            .find(|w| ["bookworm", "trixie", "bullseye"].contains(w))
+            .map(str::to_string)
+    };
+    assert!(release(froms[0]).is_some());
+    assert_eq!(release(froms[0]), release(froms[1]));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("RUN ") && l.contains("cargo build --release --locked")),
+        "the image builds the locked release binary"
+    );
+    assert!(lines.contains(&"COPY --from=build /src/target/release/cairn /usr/local/bin/cairn"));
+    assert_eq!(
+        lines.iter().rfind(|l| l.starts_with("ENTRYPOINT")).copied(),
+        Some("ENTRYPOINT [\"/usr/local/bin/cairn\"]")
+    );
+    let installs = lines
+        .iter()
+        .filter(|l| l.starts_with("RUN ") && l.contains("apt-get install"))
+        .skip(1)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    // TLS to S3; pg_dump/pg_restore (the Harbor recipe and the pg-custom check); etcdctl.
+    for pkg in ["ca-certificates", "postgresql-client", "etcd-client"] {
+        assert!(
+            installs.split_whitespace().any(|w| w == pkg),
+            "runtime lacks {pkg}: {installs}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| (l.starts_with("ADD ")
+            || l.starts_with("COPY ")
+            || l.starts_with("RUN "))
+            && l.contains("/usr/local/bin/kubectl")),
+        "kubectl for the scale hooks"
+    );
+    let user = lines
+        .iter()
+        .rfind(|l| l.starts_with("USER "))
+        .expect("a USER");
+    assert!(!user.contains(" root") && !user.contains(" 0"), "{user}");
+    // The jobs mount the cache at /cache: the image's XDG_CACHE_HOME must point there.
+    assert!(lines.contains(&"ENV XDG_CACHE_HOME=/cache"));
+    for file in [
+        "backup-cronjob.yaml",
+        "check-cronjob.yaml",
+        "forget-cronjob.yaml",
+    ] {
+        let job = &docs(file)[0];
+        let pod = s(job, &["spec", "jobTemplate", "spec", "template", "spec"]);
+        let mounts = pod["containers"][0]["volumeMounts"].as_vec().unwrap();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m["mountPath"].as_str() == Some("/cache")),
+            "{file}: no cache volume at /cache"
+        );
+    }
 }

@@ -139,4 +139,160 @@ fn registry_dumps_of_three_days_restore_into_fresh_databases() {
     let out = repo.cmd().args(["snapshots", "--json"]).output().unwrap();
     let snaps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(snaps.as_array().unwrap().len(), 4);
+
+    // `pg_dumpall` (the Deis recipe's extra dump): recognised and held to its cluster
+    // trailer, which a cut before it lacks even though a database's trailer is there.
+    let out = repo
+        .cmd()
+        .args(["backup", "--json", "--stdin-from-command"])
+        .args(["--stdin-name", "deis/dump_all.sql", "--"])
+        .args(pg.argv("pg_dumpall"))
+        .output()
+        .unwrap();
+    crate::common::snapshot_id(&out);
+    let s = crate::common::last_json_line(&out.stdout);
+    assert_eq!(s["stream_check"], "pg-dump: ok", "{s:#}");
+    let all = pg.client("pg_dumpall").output().unwrap().stdout;
+    // Cut just before the cluster trailer's first line.
+    let trailer = b"--\n-- PostgreSQL database cluster dump complete";
+    let cut = all
+        .windows(trailer.len())
+        .rposition(|w| w == trailer)
+        .unwrap();
+    let out = repo
+        .cmd()
+        .args([
+            "backup",
+            "--json",
+            "--stdin",
+            "--stdin-name",
+            "deis/cut.sql",
+        ])
+        .write_stdin(all[..cut].to_vec())
+        .output()
+        .unwrap();
+    crate::common::assert_incomplete(&out, "cluster dump complete");
+}
+
+/// `cairn` with the server's client tools (`pg_restore`) first on PATH, or with `path`.
+fn cmd_with_path(repo: &Repo, path: &std::ffi::OsStr) -> assert_cmd::Command {
+    let mut c = repo.cmd();
+    c.env("PATH", path);
+    c
+}
+
+#[test]
+fn custom_format_dumps_are_checked_with_pg_restore_whole_and_cut() {
+    let Some(pg) = PgServer::start() else { return };
+    pg.sql("postgres", "CREATE DATABASE registry");
+    pg.sql("registry", DAYS[0]);
+    let expected = pg.sql("registry", FINGERPRINT);
+    let repo = Repo::new();
+    let bin = crate::common::pg::bin_dir().unwrap();
+    let mut path = std::ffi::OsString::from(bin.as_os_str());
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+
+    // A whole dump, streamed from pg_dump: recognised by its magic and checked.
+    let out = cmd_with_path(&repo, &path)
+        .args(["backup", "--json", "--stdin-from-command"])
+        .args(["--stdin-name", "harbor/registry.dump", "--"])
+        .args(pg.argv("pg_dump"))
+        .args(["-Fc", "-d", "registry"])
+        .output()
+        .unwrap();
+    let id = crate::common::snapshot_id(&out);
+    let summary = crate::common::last_json_line(&out.stdout);
+    assert_eq!(summary["stream_check"], "pg-custom: ok", "{summary:#}");
+
+    // It restores with pg_restore into a fresh database.
+    pg.sql("postgres", "CREATE DATABASE restored");
+    let mut dump = repo
+        .cmd_std()
+        .args(["dump", &format!("{id}:/harbor/registry.dump")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let restore = pg
+        .client("pg_restore")
+        .args(["--exit-on-error", "-d", "restored"])
+        .stdin(dump.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(dump.wait().unwrap().success());
+    assert!(
+        restore.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    assert_eq!(pg.sql("restored", FINGERPRINT), expected);
+
+    // Cut short, in the data and in its last bytes (where `pg_restore --list`, which
+    // reads only the table of contents, would still pass): incomplete, exit 3.
+    let full = pg
+        .client("pg_dump")
+        .args(["-Fc", "-d", "registry"])
+        .output()
+        .unwrap();
+    assert!(full.status.success());
+    let whole = full.stdout;
+    assert!(whole.starts_with(b"PGDMP") && whole.len() > 100_000);
+    let backup = |cmd: &mut assert_cmd::Command, bytes: &[u8], check: &str| {
+        cmd.args(["backup", "--json", "--stdin", "--stdin-check", check])
+            .args(["--stdin-name", "harbor/cut.dump"])
+            .write_stdin(bytes.to_vec())
+            .output()
+            .unwrap()
+    };
+    for (len, check) in [
+        (whole.len() * 2 / 3, "auto"),
+        (whole.len() - 10, "auto"),
+        (whole.len() - 10, "pg-custom"),
+    ] {
+        let out = backup(&mut cmd_with_path(&repo, &path), &whole[..len], check);
+        crate::common::assert_incomplete(&out, "does not restore");
+        let s = crate::common::last_json_line(&out.stdout);
+        assert_eq!(s["stream_check"], "pg-custom: failed", "{s:#}");
+        assert!(
+            s["problems"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("end of file"),
+            "{s:#}"
+        );
+    }
+    let out = backup(&mut cmd_with_path(&repo, &path), &whole, "pg-custom");
+    crate::common::snapshot_id(&out);
+
+    // Without pg_restore: `auto` stores the dump and records that the check was
+    // skipped; an explicit `pg-custom` refuses to run (exit 1, no snapshot).
+    let empty = tempfile::tempdir().unwrap();
+    let out = backup(
+        &mut cmd_with_path(&repo, empty.path().as_os_str()),
+        &whole[..whole.len() - 10],
+        "auto",
+    );
+    crate::common::snapshot_id(&out);
+    let s = crate::common::last_json_line(&out.stdout);
+    assert_eq!(s["complete"], true, "{s:#}");
+    assert_eq!(
+        s["stream_check"], "pg-custom: skipped (pg_restore is not installed)",
+        "{s:#}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("check was skipped"), "{err}");
+    let out = backup(
+        &mut cmd_with_path(&repo, empty.path().as_os_str()),
+        &whole,
+        "pg-custom",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pg_restore") && err.contains("cannot be run"),
+        "{err}"
+    );
+    let out = repo.cmd().args(["snapshots", "--json"]).output().unwrap();
+    let snaps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 6);
 }

@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use super::Problem;
 use super::select::{SelectOptions, Selector};
-use super::stream_check::{Checker, Checking, StreamCheck};
+use super::stream_check::{Checker, Checking, StreamCheck, Verdict};
 use crate::chunker;
 use crate::error::{Error, Result};
 use crate::format::{BlobType, Node, NodeKind, Snapshot, StreamInfo, Timestamp, Tree, Xattr};
@@ -497,6 +497,8 @@ fn backup_entry(
     };
     // An unchanged file (same ctime) has the parent's extended attributes too.
     let mut same_xattrs: Option<&Vec<crate::format::Xattr>> = None;
+    // The bytes a read stored, which differ from the stat's size when the file changed.
+    let mut read_size = None;
     let ft = meta.file_type();
     let kind = if ft.is_dir() {
         if ctx.select.marked(path) {
@@ -536,7 +538,10 @@ fn backup_entry(
                 ctx.progress.files_changed.fetch_add(1, Ordering::Relaxed);
             }
             match backup_file(ctx, path, &meta) {
-                Ok(Some(content)) => NodeKind::File { content },
+                Ok(Some((content, read))) => {
+                    read_size = Some(read);
+                    NodeKind::File { content }
+                }
                 Ok(None) => return Ok(None),
                 Err(e) => return Err(e),
             }
@@ -564,6 +569,8 @@ fn backup_entry(
         return Ok(None);
     };
     let mut node = node_from_meta(ctx, path, name, &meta, kind);
+    // The size a reader gets is that of the stored content (restore, dump and tar agree).
+    node.size = read_size.unwrap_or(node.size);
     node.xattrs = match same_xattrs {
         Some(x) => x.clone(),
         None => read_xattrs(path),
@@ -629,8 +636,13 @@ fn backup_dir_contents(ctx: &Ctx, path: &Path, parent: Option<&Tree>, dev: u64) 
     store_tree(ctx, nodes.into_iter().flatten().collect())
 }
 
-/// Store a file's content. `Ok(None)` when it could not be read (problem recorded).
-fn backup_file(ctx: &Ctx, path: &Path, meta: &std::fs::Metadata) -> Result<Option<Vec<BlobId>>> {
+/// Store a file's content; its blobs and length. `Ok(None)` when it could not be read
+/// (problem recorded).
+fn backup_file(
+    ctx: &Ctx,
+    path: &Path,
+    meta: &std::fs::Metadata,
+) -> Result<Option<(Vec<BlobId>, u64)>> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) => {
@@ -661,7 +673,7 @@ fn backup_file(ctx: &Ctx, path: &Path, meta: &std::fs::Metadata) -> Result<Optio
             ctx.problem(path, "file changed while being read (mtime changed)");
         }
     }
-    Ok(Some(content))
+    Ok(Some((content, read)))
 }
 
 /// Chunk and store a stream; returns the blob list and the byte count. Small inputs are
@@ -813,24 +825,19 @@ pub(super) fn backup_stream(
         )));
     }
     ctx.progress.files.fetch_add(1, Ordering::Relaxed);
-    let checker = Arc::new(Mutex::new(Checker::new(ctx.stream_check)));
+    let checker = Arc::new(Mutex::new(Checker::start(ctx.stream_check)?));
     let reader = Box::new(Checking {
         inner: reader,
         checker: checker.clone(),
     });
     let (content, bytes) = match store_stream(ctx, reader, u64::MAX) {
         Ok(r) => {
-            let checker = std::mem::replace(
-                &mut *checker.lock().expect("checker"),
-                Checker::new(StreamCheck::None),
-            );
-            let (kind, problem) = checker.verdict();
-            if let Some(kind) = kind {
-                let outcome = if problem.is_some() { "failed" } else { "ok" };
-                *ctx.stream_checked.lock().expect("stream check") =
-                    Some(format!("{kind}: {outcome}"));
+            let verdict = std::mem::take(&mut *checker.lock().expect("checker")).verdict();
+            *ctx.stream_checked.lock().expect("stream check") = verdict.recorded();
+            if let Verdict::Skipped(kind, why) = &verdict {
+                tracing::warn!("{name}: the {kind} check was skipped: {why}");
             }
-            if let Some(p) = problem {
+            if let Some(p) = verdict.problem() {
                 ctx.problem(Path::new(name), p);
             }
             r

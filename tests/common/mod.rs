@@ -82,7 +82,8 @@ impl Repo {
         target.join(src.strip_prefix("/").unwrap())
     }
 
-    /// Run `backup --json ARGS` and return the parsed summary.
+    /// Run `backup --json ARGS` and return the parsed summary (the last line: a backup
+    /// longer than a second prints status lines before it).
     pub fn backup_json(&self, args: &[&OsStr]) -> serde_json::Value {
         let out = self
             .cmd()
@@ -96,7 +97,7 @@ impl Repo {
             "backup failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).unwrap()
+        last_json_line(&out.stdout)
     }
 
     /// Sum of the sizes of every object under `folder` of the repository.

@@ -108,7 +108,7 @@ pub enum Command {
     /// Back up files and directories, or a stream from stdin.
     Backup(Box<BackupArgs>),
     /// List snapshots.
-    Snapshots,
+    Snapshots(SnapshotFilter),
     /// List files in a snapshot: SNAPSHOT[:/path].
     Ls(LsArgs),
     /// Restore a snapshot, or a path in it (SNAPSHOT:/path), into a directory.
@@ -194,10 +194,13 @@ pub struct BackupArgs {
     /// Path the stream is stored under, e.g. harbor/registry.sql.
     #[arg(long, default_value = "stdin")]
     pub stdin_name: String,
-    /// Check the stream before the snapshot counts as complete: auto (plain pg_dump
-    /// output is recognised and must end with its "dump complete" line), pg-dump,
-    /// etcd-snapshot (the SHA-256 `etcdctl snapshot save` appends must match), none.
-    /// A failed check leaves the snapshot incomplete (exit 3).
+    /// Check the stream before the snapshot counts as complete: pg-dump (plain pg_dump
+    /// or pg_dumpall output must end with its "dump complete" line), pg-custom (a `pg_dump -Fc`
+    /// archive must pass `pg_restore -f /dev/null`, fed as it is stored), etcd-snapshot
+    /// (the SHA-256 `etcdctl snapshot save` appends must match), none, or auto: these
+    /// dumps are recognised by their first bytes and checked (the custom one only where pg_restore
+    /// is installed; else the snapshot records the check as skipped). A failed check
+    /// leaves the snapshot incomplete (exit 3).
     #[arg(long, default_value = "auto")]
     pub stdin_check: String,
     /// The command for --stdin-from-command (after `--`).
@@ -449,15 +452,8 @@ pub struct ForgetArgs {
     /// Group snapshots by these fields before applying the policy.
     #[arg(short = 'g', long, default_value = "host,paths")]
     pub group_by: String,
-    /// Only snapshots of this host (repeatable).
-    #[arg(long)]
-    pub host: Vec<String>,
-    /// Only snapshots with these tags (comma: all of them; repeat: any set).
-    #[arg(long)]
-    pub tag: Vec<String>,
-    /// Only snapshots of this path (repeatable; a snapshot must have all given paths).
-    #[arg(long)]
-    pub path: Vec<String>,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
     /// Days, weeks, ... in UTC instead of the local time zone.
     #[arg(long)]
     pub utc: bool,
@@ -469,6 +465,20 @@ pub struct ForgetArgs {
     pub prune: bool,
     #[command(flatten)]
     pub prune_args: PruneArgs,
+}
+
+/// Which snapshots `snapshots` lists and `forget` considers.
+#[derive(Debug, Args)]
+pub struct SnapshotFilter {
+    /// Only snapshots of this host (repeatable).
+    #[arg(long)]
+    pub host: Vec<String>,
+    /// Only snapshots with these tags (comma: all of them; repeat: any set).
+    #[arg(long)]
+    pub tag: Vec<String>,
+    /// Only snapshots of this path (repeatable; a snapshot must have all given paths).
+    #[arg(long)]
+    pub path: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -46,7 +46,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             }
             r
         }
-        Command::Snapshots => snapshots(g),
+        Command::Snapshots(f) => snapshots(g, &f),
         Command::Ls(a) => ls(g, a),
         Command::Restore(a) => restore_cmd(g, a),
         Command::Dump(a) => crate::browse::dump(g, a),
@@ -422,6 +422,7 @@ fn backup_cmd(g: &Global, a: BackupArgs, snapshot: &mut Option<cairn::SnapshotId
             "parent": done.snapshot.parent,
             "complete": done.snapshot.complete,
             "problems": done.problems,
+            "stream_check": done.snapshot.extra.get("stream_check"),
             "summary": s,
             "verified": done.verified.map(|(packs, bytes)| serde_json::json!({"packs": packs, "bytes": bytes})),
         });
@@ -460,9 +461,10 @@ pub(crate) fn local_time(t: format::Timestamp) -> String {
         .unwrap_or_else(|| format!("@{}", t.secs))
 }
 
-fn snapshots(g: &Global) -> Result<u8> {
+fn snapshots(g: &Global, filter: &crate::cli::SnapshotFilter) -> Result<u8> {
     let repo = open(g)?;
-    let list = repo.snapshots()?;
+    let mut list = repo.snapshots()?;
+    list.retain(|(_, s)| crate::retention::selected(filter, s));
     if g.json {
         let v: Vec<_> = list
             .iter()

@@ -13,7 +13,9 @@ use cairn::repository::{OpState, Repository};
 use cairn::util::human_bytes;
 use serde::Serialize;
 
-use crate::cli::{ForgetArgs, Global, LockArgs, ProtectArgs, PruneArgs, UnlockArgs};
+use crate::cli::{
+    ForgetArgs, Global, LockArgs, ProtectArgs, PruneArgs, SnapshotFilter, UnlockArgs,
+};
 use crate::commands::{local_time, open, print_json};
 use crate::exit;
 
@@ -54,7 +56,7 @@ fn policy(a: &ForgetArgs) -> KeepPolicy {
 }
 
 /// Does a snapshot pass the --host/--tag/--path filters?
-fn selected(a: &ForgetArgs, s: &Snapshot) -> bool {
+pub(crate) fn selected(a: &SnapshotFilter, s: &Snapshot) -> bool {
     (a.host.is_empty() || a.host.contains(&s.host))
         && (a.tag.is_empty()
             || a.tag
@@ -149,7 +151,7 @@ fn forget_run(g: &Global, a: &ForgetArgs) -> Result<(usize, Option<PruneReport>)
         let snaps: Vec<_> = repo
             .snapshots()?
             .into_iter()
-            .filter(|(_, s)| selected(a, s))
+            .filter(|(_, s)| selected(&a.filter, s))
             .collect();
         let groups = forget::group(snaps, by);
         let mut out = Vec::new();
