@@ -12,10 +12,20 @@
 //! a pack about to go, while a snapshot a running backup wrote meanwhile stays readable.
 //!
 //! Keys: `b` `type` `id` -> postcard([`BlobLocation`]); `i` `index id` -> empty (seen);
-//! `p` `type` `id` -> location in a pack awaiting deletion; `e` `deletion id` -> empty.
+//! `p` `type` `id` -> location in a pack awaiting deletion; `e` `deletion id` -> empty;
+//! `b` `2` `tree id` -> empty: the tree is complete ([`IndexCache::tree_complete`]).
+//!
+//! Complete trees. A backup that found a tree and every blob below it in the `b` space
+//! marks the tree complete, so the next backup checks one key for an unchanged directory
+//! instead of every blob of its files. The mark lives in the `b` space on purpose: the
+//! `b` space only grows until it is cleared as a whole (a rebuild, here or by an older
+//! cairn that knows nothing of marks), and the marks go with it. So a mark always means
+//! "this tree and its descendants are in the `b` space", exactly what deduplication
+//! trusts; it says nothing about the repository that the `b` space does not.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use futures::StreamExt;
 use rocksdb::{DB, Options, WriteBatch};
@@ -50,6 +60,9 @@ pub struct SyncStats {
 pub struct IndexCache {
     db: DB,
     path: PathBuf,
+    /// Counts the clears of the `b` space in this process. Held for reading while a mark
+    /// is written, for writing while the space is cleared (see [`IndexCache::generation`]).
+    generation: RwLock<u64>,
     // Keeps a private fallback database alive (and removes it on drop).
     _temp: Option<tempfile::TempDir>,
 }
@@ -94,6 +107,13 @@ fn space_key(space: u8, ty: BlobType, id: &BlobId) -> [u8; 34] {
     k
 }
 
+/// The mark of a complete tree: in the `b` space, after the two blob types.
+fn complete_key(id: &BlobId) -> [u8; 34] {
+    let mut k = blob_key(BlobType::Tree, id);
+    k[1] = 2;
+    k
+}
+
 fn seen_key(id: &IndexId) -> [u8; 33] {
     id_key(b'i', id.as_bytes())
 }
@@ -118,11 +138,7 @@ impl IndexCache {
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         match DB::open(&db_options(), dir) {
-            Ok(db) => Ok(IndexCache {
-                db,
-                path: dir.to_path_buf(),
-                _temp: None,
-            }),
+            Ok(db) => Ok(Self::new(db, dir.to_path_buf(), None)),
             Err(e) if e.to_string().contains("lock") => {
                 tracing::warn!(
                     "index cache {} is in use by another cairn process; using a private temporary cache",
@@ -138,11 +154,7 @@ impl IndexCache {
                 );
                 let _ = DB::destroy(&Options::default(), dir);
                 let db = DB::open(&db_options(), dir).map_err(|e| cache_err(dir, e))?;
-                Ok(IndexCache {
-                    db,
-                    path: dir.to_path_buf(),
-                    _temp: None,
-                })
+                Ok(Self::new(db, dir.to_path_buf(), None))
             }
         }
     }
@@ -154,11 +166,16 @@ impl IndexCache {
             .tempdir()
             .map_err(|e| Error::io(std::env::temp_dir(), e))?;
         let db = DB::open(&db_options(), t.path()).map_err(|e| cache_err(t.path(), e))?;
-        Ok(IndexCache {
+        Ok(Self::new(db, t.path().to_path_buf(), Some(t)))
+    }
+
+    fn new(db: DB, path: PathBuf, temp: Option<tempfile::TempDir>) -> Self {
+        IndexCache {
             db,
-            path: t.path().to_path_buf(),
-            _temp: Some(t),
-        })
+            path,
+            generation: RwLock::new(0),
+            _temp: temp,
+        }
     }
 
     /// Where a blob is, for deduplication: only packs the index holds.
@@ -189,6 +206,37 @@ impl IndexCache {
 
     pub fn contains(&self, ty: BlobType, id: &BlobId) -> Result<bool> {
         Ok(self.get(ty, id)?.is_some())
+    }
+
+    /// Was tree `id` marked complete: is it, with every blob reachable from it, in the
+    /// index (the `b` space)? `false` only means "not known to be".
+    pub fn tree_complete(&self, id: &BlobId) -> Result<bool> {
+        Ok(self
+            .db
+            .get_pinned(complete_key(id))
+            .map_err(|e| cache_err(&self.path, e))?
+            .is_some())
+    }
+
+    /// How many times this process cleared the `b` space. A caller reads it before it
+    /// starts checking blobs and hands it to [`IndexCache::mark_tree_complete`].
+    pub fn generation(&self) -> u64 {
+        *self.generation.read().expect("generation")
+    }
+
+    /// Mark tree `id` complete. The caller has found the tree and every blob reachable
+    /// from it in this cache (with [`IndexCache::contains`], or below trees marked
+    /// complete), all since it read `generation`. When the space was cleared since then
+    /// the facts may be gone: nothing is written and the answer is `false`.
+    pub fn mark_tree_complete(&self, id: &BlobId, generation: u64) -> Result<bool> {
+        let g = self.generation.read().expect("generation");
+        if *g != generation {
+            return Ok(false);
+        }
+        self.db
+            .put(complete_key(id), [])
+            .map_err(|e| cache_err(&self.path, e))?;
+        Ok(true)
     }
 
     /// Record an index file's entries (and that it has been seen) atomically.
@@ -268,7 +316,10 @@ impl IndexCache {
     }
 
     fn clear(&self) -> Result<()> {
-        // Range-delete both key spaces; cheaper than destroying an open database.
+        // Range-delete both key spaces (the marks of complete trees are in `b`); cheaper
+        // than destroying an open database.
+        let mut g = self.generation.write().expect("generation");
+        *g += 1;
         let mut batch = WriteBatch::default();
         batch.delete_range(b"b", b"c");
         batch.delete_range(b"i", b"j");
@@ -351,4 +402,38 @@ fn entry(pack: &PackId, b: &PackBlob) -> Vec<u8> {
         raw_length: b.raw_length,
     })
     .expect("location encodes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::Id;
+
+    fn id(n: u8) -> BlobId {
+        BlobId(Id([n; 32]))
+    }
+
+    #[test]
+    fn marks_of_complete_trees_go_with_every_clear() {
+        let c = IndexCache::temporary().unwrap();
+        let g = c.generation();
+        assert!(!c.tree_complete(&id(1)).unwrap());
+        assert!(c.mark_tree_complete(&id(1), g).unwrap());
+        assert!(c.tree_complete(&id(1)).unwrap());
+        // A mark is not a blob: deduplication and readers do not see it.
+        assert!(!c.contains(BlobType::Tree, &id(1)).unwrap());
+        assert!(c.find(BlobType::Tree, &id(1)).unwrap().is_none());
+        // A rebuild drops the marks with the entries they vouch for.
+        c.clear().unwrap();
+        assert!(!c.tree_complete(&id(1)).unwrap());
+        // A caller that checked before the clear cannot mark after it.
+        assert!(!c.mark_tree_complete(&id(2), g).unwrap());
+        assert!(!c.tree_complete(&id(2)).unwrap());
+        assert!(c.mark_tree_complete(&id(2), c.generation()).unwrap());
+        // An older cairn clears the `b` space with the same range delete, marks included.
+        let mut batch = WriteBatch::default();
+        batch.delete_range(b"b", b"c");
+        c.db.write(batch).unwrap();
+        assert!(!c.tree_complete(&id(2)).unwrap());
+    }
 }
