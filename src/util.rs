@@ -1,7 +1,7 @@
 //! Small helpers about the local system.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::RwLock;
 
 /// This machine's host name (snapshots and key files record it).
 pub fn hostname() -> String {
@@ -21,39 +21,68 @@ pub fn username() -> String {
         .unwrap_or_else(|| uid.to_string())
 }
 
-/// Caches uid -> user name and gid -> group name lookups during a backup.
+/// Caches uid -> user name and gid -> group name lookups during a backup. Read-mostly:
+/// the rayon workers of a backup share it, and a miss is rare.
 #[derive(Default)]
 pub struct NameCache {
-    users: Mutex<HashMap<u32, String>>,
-    groups: Mutex<HashMap<u32, String>>,
+    users: RwLock<HashMap<u32, String>>,
+    groups: RwLock<HashMap<u32, String>>,
 }
 
 impl NameCache {
     pub fn user(&self, uid: u32) -> String {
-        let mut m = self.users.lock().expect("name cache");
-        m.entry(uid)
-            .or_insert_with(|| {
-                nix::unistd::User::from_uid(uid.into())
-                    .ok()
-                    .flatten()
-                    .map(|u| u.name)
-                    .unwrap_or_default()
-            })
-            .clone()
+        let mut s = String::new();
+        self.set_user(&mut s, uid);
+        s
     }
 
     pub fn group(&self, gid: u32) -> String {
-        let mut m = self.groups.lock().expect("name cache");
-        m.entry(gid)
-            .or_insert_with(|| {
-                nix::unistd::Group::from_gid(gid.into())
-                    .ok()
-                    .flatten()
-                    .map(|g| g.name)
-                    .unwrap_or_default()
-            })
-            .clone()
+        let mut s = String::new();
+        self.set_group(&mut s, gid);
+        s
     }
+
+    /// Make `name` the name of `uid`; no allocation when it already is.
+    pub fn set_user(&self, name: &mut String, uid: u32) {
+        cached(&self.users, uid, name, |uid| {
+            nix::unistd::User::from_uid(uid.into())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+    }
+
+    /// Make `name` the name of `gid`; no allocation when it already is.
+    pub fn set_group(&self, name: &mut String, gid: u32) {
+        cached(&self.groups, gid, name, |gid| {
+            nix::unistd::Group::from_gid(gid.into())
+                .ok()
+                .flatten()
+                .map(|g| g.name)
+        })
+    }
+}
+
+fn cached(
+    map: &RwLock<HashMap<u32, String>>,
+    id: u32,
+    out: &mut String,
+    lookup: impl FnOnce(u32) -> Option<String>,
+) {
+    let set = |out: &mut String, name: &str| {
+        if out != name {
+            out.clear();
+            out.push_str(name);
+        }
+    };
+    if let Some(name) = map.read().expect("name cache").get(&id) {
+        return set(out, name);
+    }
+    let mut m = map.write().expect("name cache");
+    let name = m
+        .entry(id)
+        .or_insert_with(|| lookup(id).unwrap_or_default());
+    set(out, name);
 }
 
 /// Human-readable byte count (binary units).

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::common::{Repo, data, last_json_line};
+use crate::common::{Repo, data, last_json_line, run_ok};
 
 #[test]
 fn touching_one_file_in_20k_reads_one_file() {
@@ -43,6 +43,13 @@ fn touching_one_file_in_20k_reads_one_file() {
     assert_eq!(s["summary"]["files_unmodified"], 19_999);
     assert_eq!(s["summary"]["bytes_read"], "changed content".len());
 
+    // The changed directory's new tree held a blob that was still pending when it was
+    // written, so it was not marked complete; the next backup checks its blobs once more
+    // and still reads nothing.
+    let again = repo.backup_json(&[src.as_os_str()]);
+    assert_eq!(again["summary"]["files_unmodified"], 20_000, "{again}");
+    assert_eq!(again["summary"]["bytes_read"], 0);
+
     // --force reads everything again.
     let forced = repo
         .cmd()
@@ -53,6 +60,145 @@ fn touching_one_file_in_20k_reads_one_file() {
     let forced = last_json_line(&forced.stdout);
     assert_eq!(forced["summary"]["files_unmodified"], 0);
     assert_eq!(forced["summary"]["data_blobs_added"], 0);
+}
+
+/// The library's view of a repository, with a cache of its own.
+fn lib(repo: &Repo) -> cairn::IndexedRepository {
+    let store = cairn::backend::open(
+        repo.path.to_str().unwrap(),
+        false,
+        &cairn::backend::S3Options::with_defaults(),
+    )
+    .unwrap();
+    let opts = cairn::repository::RepoOptions {
+        cache_dir: Some(tempfile::tempdir_in(repo.tmp.path()).unwrap().keep()),
+        connections: 4,
+    };
+    cairn::Repository::open(store, crate::common::PASSWORD.as_bytes(), opts)
+        .unwrap()
+        .into_indexed()
+        .unwrap()
+}
+
+/// The CLI's index cache of `repo` (`cache/<repository id>/index-v1`).
+fn cli_index_cache(repo: &Repo) -> cairn::repository::IndexCache {
+    let root = repo.tmp.path().join("cache");
+    let dirs: Vec<_> = std::fs::read_dir(&root).unwrap().flatten().collect();
+    assert_eq!(dirs.len(), 1);
+    cairn::repository::IndexCache::open(&dirs[0].path().join("index-v1")).unwrap()
+}
+
+#[test]
+fn a_file_whose_blob_left_the_index_is_read_again_in_an_unchanged_directory() {
+    use cairn::format::{BlobType, NodeKind};
+    use cairn::ops::walk;
+    use std::collections::HashSet;
+
+    let repo = Repo::with_small_packs();
+    let src = repo.tmp.path().join("src");
+    let dir = src.join("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("big"), data(3 << 20, 1)).unwrap();
+    for i in 0..20 {
+        std::fs::write(dir.join(format!("s{i:02}")), data(3000, 100 + i)).unwrap();
+    }
+    repo.backup_json(&[src.as_os_str()]);
+    // The second backup finds every blob indexed and marks the trees complete in its
+    // index cache; the third finds the marks.
+    for _ in 0..2 {
+        let s = repo.backup_json(&[src.as_os_str()]);
+        assert_eq!(s["summary"]["files_unmodified"], 21, "{s}");
+    }
+    let lib = lib(&repo);
+    let (_, snap) = lib.find_snapshot("latest").unwrap();
+    let node = |p: &std::path::Path| walk::find_node(&lib, &snap.tree, p).unwrap().unwrap();
+    let NodeKind::Dir { subtree } = node(&dir).kind else {
+        panic!("not a directory")
+    };
+    let cache = cli_index_cache(&repo);
+    assert!(cache.tree_complete(&subtree).unwrap());
+    // (Not the root: `/` and the temporary directories above the source change while
+    // other tests run, and a tree written by this backup is marked by the next one.)
+    let NodeKind::Dir { subtree: src_tree } = node(&src).kind else {
+        panic!("not a directory")
+    };
+    assert!(cache.tree_complete(&src_tree).unwrap());
+    drop(cache);
+
+    // The packs holding the big file's blobs leave the index, as when a prune removed
+    // them or their index file was lost; the directory's tree stays indexed (trees are
+    // in packs of their own).
+    let content = |p: &std::path::Path| match node(p).kind {
+        NodeKind::File { content } => content,
+        _ => panic!("not a file"),
+    };
+    let gone: HashSet<cairn::PackId> = content(&dir.join("big"))
+        .iter()
+        .map(|b| lib.locate(BlobType::Data, b).unwrap().pack)
+        .collect();
+    let mut affected = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if content(&p)
+            .iter()
+            .any(|b| gone.contains(&lib.locate(BlobType::Data, b).unwrap().pack))
+        {
+            affected += 1;
+        }
+    }
+    let index_dir = repo.path.join("index");
+    let mut packs = Vec::new();
+    let mut old = Vec::new();
+    for e in std::fs::read_dir(&index_dir).unwrap() {
+        let p = e.unwrap().path();
+        let bytes = std::fs::read(&p).unwrap();
+        let file: cairn::format::IndexFile =
+            cairn::format::open_object(lib.key(), cairn::format::aad::INDEX, "index", &bytes)
+                .unwrap();
+        packs.extend(file.packs.into_iter().filter(|p| !gone.contains(&p.id)));
+        old.push(p);
+    }
+    lib.block_on(lib.save_index(&cairn::format::IndexFile::new(packs)))
+        .unwrap();
+    for p in old {
+        std::fs::remove_file(p).unwrap();
+    }
+    for p in &gone {
+        let hex = p.to_hex();
+        std::fs::remove_file(repo.path.join("data").join(&hex[..2]).join(&hex)).unwrap();
+    }
+    drop(lib);
+    assert!(lib_contains_tree(&repo, &subtree));
+
+    let s = repo.backup_json(&[src.as_os_str()]);
+    assert_eq!(s["summary"]["files_changed"], affected, "{s}");
+    assert_eq!(s["summary"]["files_unmodified"], 21 - affected, "{s}");
+    assert!(
+        s["summary"]["bytes_read"].as_u64().unwrap() >= 3 << 20,
+        "{s}"
+    );
+    // Same content, same tree: the directory is unchanged, its big file stored anew.
+    let lib = self::lib(&repo);
+    let (_, snap) = lib.find_snapshot("latest").unwrap();
+    let NodeKind::Dir { subtree: now } = walk::find_node(&lib, &snap.tree, &dir)
+        .unwrap()
+        .unwrap()
+        .kind
+    else {
+        panic!("not a directory")
+    };
+    assert_eq!(now, subtree);
+    drop(lib);
+    run_ok(repo.cmd().args(["check", "--read-data"]));
+    let back = repo.restore_latest(&src);
+    assert_eq!(std::fs::read(back.join("d/big")).unwrap(), data(3 << 20, 1));
+}
+
+fn lib_contains_tree(repo: &Repo, id: &cairn::BlobId) -> bool {
+    lib(repo)
+        .index()
+        .contains(cairn::format::BlobType::Tree, id)
+        .unwrap()
 }
 
 #[test]

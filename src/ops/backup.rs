@@ -113,6 +113,11 @@ pub(super) struct Ctx<'a> {
     stream_check: StreamCheck,
     /// The check a stream passed or failed, for the snapshot.
     stream_checked: Mutex<Option<String>>,
+    /// The index cache's generation when the backup started
+    /// ([`crate::repository::IndexCache::generation`]).
+    generation: u64,
+    /// Mark complete trees in the index cache (not in a dry run, which writes nothing).
+    mark_complete: bool,
 }
 
 impl Ctx<'_> {
@@ -212,6 +217,8 @@ fn run(
         use_parent: parent.is_some(),
         stream_check: opts.stream_check,
         stream_checked: Mutex::new(None),
+        generation: repo.index().generation(),
+        mark_complete: !opts.dry_run,
     };
     let parent_tree = parent.as_ref().map(|(_, p)| p.tree);
     let pool = super::cpu_pool()?;
@@ -386,8 +393,7 @@ fn backup_paths(
             let dev = std::fs::symlink_metadata(s)
                 .map_err(|e| Error::io(s, e))?
                 .dev();
-            let tree =
-                backup_dir_contents(ctx, s, parent_tree(ctx, parent.as_ref())?.as_ref(), dev)?;
+            let (tree, _) = backup_dir_contents(ctx, s, parent_tree(ctx, parent)?, dev)?;
             return Ok((tree, vec!["/".into()]));
         }
         let mut dir = &mut root;
@@ -407,26 +413,21 @@ fn backup_paths(
             }
         }
     }
-    let tree = backup_vdir(
-        ctx,
-        &root,
-        Path::new("/"),
-        parent_tree(ctx, parent.as_ref())?.as_ref(),
-    )?;
+    let (tree, _) = backup_vdir(ctx, &root, Path::new("/"), parent_tree(ctx, parent)?)?;
     Ok((
         tree,
         sources.iter().map(|p| p.display().to_string()).collect(),
     ))
 }
 
-/// The parent's tree, when change detection is on; a tree that cannot be read only
-/// means its files are read again.
-fn parent_tree(ctx: &Ctx, id: Option<&BlobId>) -> Result<Option<Tree>> {
+/// The parent's tree with its id, when change detection is on; a tree that cannot be
+/// read only means its files are read again.
+fn parent_tree(ctx: &Ctx, id: Option<BlobId>) -> Result<Option<(BlobId, Tree)>> {
     let Some(id) = id.filter(|_| ctx.use_parent) else {
         return Ok(None);
     };
-    match ctx.repo.load_tree(id) {
-        Ok(t) => Ok(Some(t)),
+    match ctx.repo.load_tree(&id) {
+        Ok(t) => Ok(Some((id, t))),
         // An unreachable store stops the backup; a damaged parent only costs rereading.
         Err(e @ Error::Backend { .. }) => Err(e),
         Err(e) => {
@@ -436,85 +437,282 @@ fn parent_tree(ctx: &Ctx, id: Option<&BlobId>) -> Result<Option<Tree>> {
     }
 }
 
-fn parent_subtree(parent: Option<&Node>) -> Option<&BlobId> {
+fn parent_subtree(parent: Option<&Node>) -> Option<BlobId> {
     match parent.map(|n| &n.kind) {
-        Some(NodeKind::Dir { subtree }) => Some(subtree),
+        Some(NodeKind::Dir { subtree }) => Some(*subtree),
         _ => None,
     }
 }
 
-fn backup_vdir(ctx: &Ctx, dir: &VDir, real: &Path, parent: Option<&Tree>) -> Result<BlobId> {
-    let mut nodes = Vec::new();
+/// Take the node named `name` out of a parent tree.
+fn take_node(parent: &mut Option<(BlobId, Tree)>, name: &[u8]) -> Option<Node> {
+    let nodes = &mut parent.as_mut()?.1.nodes;
+    let i = nodes
+        .binary_search_by(|n| n.name.as_slice().cmp(name))
+        .ok()?;
+    Some(nodes.remove(i))
+}
+
+fn backup_vdir(
+    ctx: &Ctx,
+    dir: &VDir,
+    real: &Path,
+    mut parent: Option<(BlobId, Tree)>,
+) -> Result<(BlobId, bool)> {
+    let parent_id = parent.as_ref().map(|(id, _)| *id);
+    let mut entries = Vec::new();
     for (name, e) in &dir.children {
-        let path = real.join(OsStr::from_bytes(name));
-        let pnode = parent.and_then(|t| t.get(name));
+        let name_os = OsStr::from_bytes(name);
+        let pnode = take_node(&mut parent, name);
         match e {
             VEntry::Source(p) => {
                 let dev = match std::fs::symlink_metadata(p) {
                     Ok(m) => m.dev(),
                     Err(_) => 0,
                 };
-                if let Some(n) = backup_entry(ctx, p, name.clone(), pnode, dev, None)? {
-                    nodes.push(n);
+                // `p` is `real/name`: the virtual directories are its components.
+                if let Some(e) = backup_entry(ctx, real, name_os, pnode, dev, None)? {
+                    entries.push(e);
                 }
             }
             VEntry::Dir(sub) => {
-                let ptree = parent_tree(ctx, parent_subtree(pnode))?;
-                let subtree = backup_vdir(ctx, sub, &path, ptree.as_ref())?;
+                let path = real.join(name_os);
+                let ptree = parent_tree(ctx, parent_subtree(pnode.as_ref()))?;
+                let (subtree, complete) = backup_vdir(ctx, sub, &path, ptree)?;
                 let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
-                let mut n =
-                    node_from_meta(ctx, &path, name.clone(), &meta, NodeKind::Dir { subtree });
-                n.xattrs = read_xattrs(&path);
-                nodes.push(n);
+                let mut node = node_from_meta(ctx, name.clone(), &meta, NodeKind::Dir { subtree });
+                node.xattrs = read_xattrs(&path);
+                entries.push(Entry {
+                    node,
+                    state: State::Done { complete },
+                });
             }
         }
     }
-    store_tree(ctx, nodes)
+    finish_tree(ctx, real, entries, parent_id)
 }
 
+/// Store a tree of nodes that need no further checks (the synthetic directories of a
+/// stream).
 fn store_tree(ctx: &Ctx, nodes: Vec<Node>) -> Result<BlobId> {
     let tree = Tree::new(nodes);
     ctx.w.add(BlobType::Tree, &tree.encode()).map(|(id, _)| id)
 }
 
-/// One directory entry; `Ok(None)` when it could not be read (a problem is recorded) or
-/// is excluded. `Err` only for repository failures, which stop the backup. `parent` is
-/// the same entry in the parent snapshot; `dev` the source's file system.
+/// A directory entry on its way into its tree.
+struct Entry {
+    node: Node,
+    state: State,
+}
+
+enum State {
+    /// Final. `complete`: the node's blobs, and the whole tree below a directory, are in
+    /// the index cache (not only pending in this backup's writer).
+    Done { complete: bool },
+    /// A file whose size, mtime, ctime and inode equal its node in the parent tree: the
+    /// node carries the parent's blob list, not yet checked against the index.
+    Unchecked(std::fs::Metadata),
+}
+
+/// Finish a directory: its tree id and whether the tree is complete (it and every blob
+/// below it in the index cache, so it is marked for the next backup).
+///
+/// The shortcut for an unchanged directory. When the new tree has the parent's tree id
+/// (every entry equal to the parent's node: same metadata, same content, same subtree
+/// ids) and that tree is marked complete in the index cache, the blobs of the files
+/// reused from the parent are known to be indexed without looking each one up: the mark
+/// says the tree and everything below it were found in the cache's `b` space, which only
+/// grows until it is cleared, marks included (`repository/index.rs`). So a reused file
+/// still refers only to blobs in this backup's index view, exactly as when each blob is
+/// looked up, and the argument of docs/design.md ("Prune beside backups") holds
+/// unchanged: the backup deduplicates only against index entries, never against packs
+/// in deletion records.
+///
+/// Why a mark and not "the tree is in the index": an indexed tree does not imply indexed
+/// descendants. A prune keeps a partly used tree pack whose unused trees' data packs it
+/// removes; a running backup's tree pack can be indexed before its data packs; a blob
+/// of the parent can sit in a pack awaiting deletion (a prune ran beside the parent's
+/// backup) while the parent's new trees are indexed. Each would let a reused file point
+/// at a blob the index does not hold.
+///
+/// Otherwise the reused files' blobs are looked up one by one, as before: a file with a
+/// blob the index does not hold is read again.
+fn finish_tree(
+    ctx: &Ctx,
+    dir: &Path,
+    mut entries: Vec<Entry>,
+    parent: Option<BlobId>,
+) -> Result<(BlobId, bool)> {
+    entries.sort_by(|a, b| a.node.name.cmp(&b.node.name));
+    let (nodes, states): (Vec<Node>, Vec<State>) =
+        entries.into_iter().map(|e| (e.node, e.state)).unzip();
+    let mut tree = Tree::new(nodes);
+    let mut bytes = tree.encode();
+    let mut id = ctx.repo.key().blob_id(&bytes);
+    if parent == Some(id) && ctx.repo.index().tree_complete(&id)? {
+        for s in &states {
+            if let State::Unchecked(meta) = s {
+                count_unmodified(ctx, meta.len());
+            }
+        }
+        return Ok((id, true));
+    }
+    // Check the reused files' blobs; read again those with a blob the index lacks.
+    let outcomes: Vec<Outcome> = tree
+        .nodes
+        .par_iter_mut()
+        .zip(states.par_iter())
+        .map(|(node, state)| match state {
+            State::Done { complete } => Ok(Outcome::Kept {
+                complete: *complete,
+            }),
+            State::Unchecked(meta) => check_reused(ctx, dir, node, meta),
+        })
+        .collect::<Result<_>>()?;
+    let mut complete = true;
+    let mut changed = false;
+    for o in &outcomes {
+        match o {
+            Outcome::Kept { complete: c } => complete &= c,
+            Outcome::Read | Outcome::Dropped => {
+                complete = false;
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        let mut o = outcomes.iter();
+        tree.nodes
+            .retain(|_| !matches!(o.next(), Some(Outcome::Dropped)));
+        bytes = tree.encode();
+        id = ctx.repo.key().blob_id(&bytes);
+    }
+    if complete && ctx.w.indexed(BlobType::Tree, &id)? {
+        let marked =
+            ctx.mark_complete && ctx.repo.index().mark_tree_complete(&id, ctx.generation)?;
+        return Ok((id, marked));
+    }
+    ctx.w.add(BlobType::Tree, &bytes)?;
+    Ok((id, false))
+}
+
+/// What became of an entry when its directory was finished.
+enum Outcome {
+    Kept {
+        complete: bool,
+    },
+    /// A reused file read again (its node changed).
+    Read,
+    /// A reused file that could not be read again (a problem is recorded).
+    Dropped,
+}
+
+/// Check the blobs of a file reused from the parent; read it again when one is not
+/// known.
+fn check_reused(
+    ctx: &Ctx,
+    dir: &Path,
+    node: &mut Node,
+    meta: &std::fs::Metadata,
+) -> Result<Outcome> {
+    let NodeKind::File { content } = &node.kind else {
+        unreachable!("only files are reused unchecked")
+    };
+    let mut complete = true;
+    for id in content {
+        if ctx.w.indexed(BlobType::Data, id)? {
+            continue;
+        }
+        if ctx.w.pending(BlobType::Data, id) {
+            // Stored by this backup a moment ago: reusable, indexed only at the end.
+            complete = false;
+            continue;
+        }
+        ctx.progress.files_changed.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(OsStr::from_bytes(&node.name));
+        return Ok(match backup_file(ctx, &path, meta)? {
+            Some((content, read)) => {
+                node.kind = NodeKind::File { content };
+                // The size of the stored content, as for any file read.
+                node.size = read;
+                node.xattrs = read_xattrs(&path);
+                Outcome::Read
+            }
+            None => Outcome::Dropped,
+        });
+    }
+    count_unmodified(ctx, meta.len());
+    Ok(Outcome::Kept { complete })
+}
+
+fn count_unmodified(ctx: &Ctx, len: u64) {
+    ctx.progress
+        .files_unmodified
+        .fetch_add(1, Ordering::Relaxed);
+    ctx.progress.bytes_done.fetch_add(len, Ordering::Relaxed);
+    ctx.total_bytes.fetch_add(len, Ordering::Relaxed);
+}
+
+/// One directory entry, `dir/name`; `Ok(None)` when it could not be read (a problem is
+/// recorded) or is excluded. `Err` only for repository failures, which stop the backup.
+/// `parent` is the same entry in the parent snapshot, taken: an unchanged file's node is
+/// the parent's, brought up to date. `dev` is the source's file system; `meta` the
+/// entry's metadata when the caller has it.
 fn backup_entry(
     ctx: &Ctx,
-    path: &Path,
-    name: Vec<u8>,
-    parent: Option<&Node>,
+    dir: &Path,
+    name: &OsStr,
+    parent: Option<Node>,
     dev: u64,
     meta: Option<std::io::Result<std::fs::Metadata>>,
-) -> Result<Option<Node>> {
-    let meta = match meta.unwrap_or_else(|| std::fs::symlink_metadata(path)) {
+) -> Result<Option<Entry>> {
+    let meta = match meta.unwrap_or_else(|| std::fs::symlink_metadata(dir.join(name))) {
         Ok(m) => m,
         Err(e) => {
-            ctx.problem(path, format!("cannot stat: {e}"));
+            ctx.problem(&dir.join(name), format!("cannot stat: {e}"));
             return Ok(None);
         }
     };
-    // An unchanged file (same ctime) has the parent's extended attributes too.
-    let mut same_xattrs: Option<&Vec<crate::format::Xattr>> = None;
     // The bytes a read stored, which differ from the stat's size when the file changed.
     let mut read_size = None;
     let ft = meta.file_type();
-    let kind = if ft.is_dir() {
-        if ctx.select.marked(path) {
+    let parent = match parent {
+        Some(mut node) if ft.is_file() && same_file(&node, &meta) => {
+            // Unchanged (same ctime: same extended attributes too). Its blobs are
+            // checked when the directory is finished. No path, no allocation.
+            refresh_node(ctx, &mut node, &meta);
+            return Ok(Some(Entry {
+                node,
+                state: State::Unchecked(meta),
+            }));
+        }
+        p => p,
+    };
+    let path = dir.join(name);
+    let parent_subtree = parent_subtree(parent.as_ref());
+    let parent_was_file = matches!(
+        parent.as_ref().map(|p| &p.kind),
+        Some(NodeKind::File { .. })
+    );
+    let name = match parent {
+        Some(p) => p.name,
+        None => name.as_bytes().to_vec(),
+    };
+    let (kind, complete) = if ft.is_dir() {
+        if ctx.select.marked(&path) {
             return Ok(None);
         }
         let contents = if ctx.select.one_file_system && meta.dev() != dev {
             // A mount point: keep the directory, not the other file system's contents.
-            store_tree(ctx, Vec::new())
+            finish_tree(ctx, &path, Vec::new(), None)
         } else {
-            let ptree = parent_tree(ctx, parent_subtree(parent))?;
-            backup_dir_contents(ctx, path, ptree.as_ref(), dev)
+            let ptree = parent_tree(ctx, parent_subtree)?;
+            backup_dir_contents(ctx, &path, ptree, dev)
         };
         match contents {
-            Ok(subtree) => {
+            Ok((subtree, complete)) => {
                 ctx.progress.dirs.fetch_add(1, Ordering::Relaxed);
-                NodeKind::Dir { subtree }
+                (NodeKind::Dir { subtree }, complete)
             }
             Err(Error::Io { path, source }) => {
                 ctx.problem(&path, format!("cannot read directory: {source}"));
@@ -523,88 +721,67 @@ fn backup_entry(
             Err(e) => return Err(e),
         }
     } else if ft.is_file() {
-        if let Some(content) = unchanged_content(ctx, parent, &meta)? {
-            same_xattrs = parent.map(|p| &p.xattrs);
-            ctx.progress
-                .files_unmodified
-                .fetch_add(1, Ordering::Relaxed);
-            ctx.progress
-                .bytes_done
-                .fetch_add(meta.len(), Ordering::Relaxed);
-            ctx.total_bytes.fetch_add(meta.len(), Ordering::Relaxed);
-            NodeKind::File { content }
-        } else {
-            if matches!(parent.map(|p| &p.kind), Some(NodeKind::File { .. })) {
-                ctx.progress.files_changed.fetch_add(1, Ordering::Relaxed);
+        if parent_was_file {
+            ctx.progress.files_changed.fetch_add(1, Ordering::Relaxed);
+        }
+        match backup_file(ctx, &path, &meta)? {
+            // Its blobs may be pending in this backup's writer: not complete.
+            Some((content, read)) => {
+                read_size = Some(read);
+                (NodeKind::File { content }, false)
             }
-            match backup_file(ctx, path, &meta) {
-                Ok(Some((content, read))) => {
-                    read_size = Some(read);
-                    NodeKind::File { content }
-                }
-                Ok(None) => return Ok(None),
-                Err(e) => return Err(e),
-            }
+            None => return Ok(None),
         }
     } else if ft.is_symlink() {
-        match std::fs::read_link(path) {
-            Ok(t) => NodeKind::Symlink {
-                target: t.as_os_str().as_bytes().to_vec(),
-            },
+        match std::fs::read_link(&path) {
+            Ok(t) => (
+                NodeKind::Symlink {
+                    target: t.as_os_str().as_bytes().to_vec(),
+                },
+                true,
+            ),
             Err(e) => {
-                ctx.problem(path, format!("cannot read link: {e}"));
+                ctx.problem(&path, format!("cannot read link: {e}"));
                 return Ok(None);
             }
         }
     } else if ft.is_fifo() {
-        NodeKind::Fifo
+        (NodeKind::Fifo, true)
     } else if ft.is_socket() {
-        NodeKind::Socket
+        (NodeKind::Socket, true)
     } else if ft.is_char_device() {
-        NodeKind::CharDevice { rdev: meta.rdev() }
+        (NodeKind::CharDevice { rdev: meta.rdev() }, true)
     } else if ft.is_block_device() {
-        NodeKind::BlockDevice { rdev: meta.rdev() }
+        (NodeKind::BlockDevice { rdev: meta.rdev() }, true)
     } else {
-        ctx.problem(path, "unknown file type, skipped");
+        ctx.problem(&path, "unknown file type, skipped");
         return Ok(None);
     };
-    let mut node = node_from_meta(ctx, path, name, &meta, kind);
+    let mut node = node_from_meta(ctx, name, &meta, kind);
     // The size a reader gets is that of the stored content (restore, dump and tar agree).
     node.size = read_size.unwrap_or(node.size);
-    node.xattrs = match same_xattrs {
-        Some(x) => x.clone(),
-        None => read_xattrs(path),
-    };
-    Ok(Some(node))
+    node.xattrs = read_xattrs(&path);
+    Ok(Some(Entry {
+        node,
+        state: State::Done { complete },
+    }))
 }
 
-/// The parent's blob list for a file whose size, mtime, ctime and inode are unchanged
-/// and whose blobs are all still indexed; `None` means "read it".
-fn unchanged_content(
-    ctx: &Ctx,
-    parent: Option<&Node>,
-    meta: &std::fs::Metadata,
-) -> Result<Option<Vec<BlobId>>> {
-    let Some(p) = parent else { return Ok(None) };
-    let NodeKind::File { content } = &p.kind else {
-        return Ok(None);
-    };
-    let same = p.size == meta.len()
+/// Is this the parent's file with the same size, mtime, ctime and inode?
+fn same_file(p: &Node, meta: &std::fs::Metadata) -> bool {
+    matches!(p.kind, NodeKind::File { .. })
+        && p.size == meta.len()
         && p.mtime == ts(meta.mtime(), meta.mtime_nsec())
         && p.ctime == ts(meta.ctime(), meta.ctime_nsec())
-        && p.inode == meta.ino();
-    if !same {
-        return Ok(None);
-    }
-    for id in content {
-        if !ctx.w.known(BlobType::Data, id)? {
-            return Ok(None);
-        }
-    }
-    Ok(Some(content.clone()))
+        && p.inode == meta.ino()
 }
 
-fn backup_dir_contents(ctx: &Ctx, path: &Path, parent: Option<&Tree>, dev: u64) -> Result<BlobId> {
+fn backup_dir_contents(
+    ctx: &Ctx,
+    path: &Path,
+    parent: Option<(BlobId, Tree)>,
+    dev: u64,
+) -> Result<(BlobId, bool)> {
     let rd = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?;
     let mut entries = Vec::new();
     for e in rd {
@@ -614,26 +791,41 @@ fn backup_dir_contents(ctx: &Ctx, path: &Path, parent: Option<&Tree>, dev: u64) 
         }
     }
     entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    let nodes: Vec<Option<Node>> = entries
-        .par_iter()
+    let (parent_id, pnodes) = match parent {
+        Some((id, t)) => (Some(id), t.nodes),
+        None => (None, Vec::new()),
+    };
+    // Pair each entry with its node in the parent tree (both sorted by name), moving the
+    // nodes out of the parent tree.
+    let mut pnodes = pnodes.into_iter().peekable();
+    let work: Vec<_> = entries
+        .into_iter()
         .map(|(n, e)| {
-            let child = path.join(n);
-            if ctx.select.excluded(&child) {
+            while pnodes
+                .next_if(|p| p.name.as_slice() < n.as_bytes())
+                .is_some()
+            {}
+            let p = pnodes.next_if(|p| p.name.as_slice() == n.as_bytes());
+            (n, e, p)
+        })
+        .collect();
+    drop(pnodes);
+    let entries: Vec<Option<Entry>> = work
+        .into_par_iter()
+        .map(|(n, e, p)| {
+            if ctx.select.excludes_any() && ctx.select.excluded(&path.join(&n)) {
                 return Ok(None);
             }
-            let pnode = parent.and_then(|t| t.get(n.as_bytes()));
             // fstatat relative to the open directory: no walk of the whole path.
-            backup_entry(
-                ctx,
-                &child,
-                n.as_bytes().to_vec(),
-                pnode,
-                dev,
-                Some(e.metadata()),
-            )
+            backup_entry(ctx, path, &n, p, dev, Some(e.metadata()))
         })
         .collect::<Result<_>>()?;
-    store_tree(ctx, nodes.into_iter().flatten().collect())
+    finish_tree(
+        ctx,
+        path,
+        entries.into_iter().flatten().collect(),
+        parent_id,
+    )
 }
 
 /// Store a file's content; its blobs and length. `Ok(None)` when it could not be read
@@ -762,13 +954,7 @@ fn ts(secs: i64, nanos: i64) -> Timestamp {
     }
 }
 
-fn node_from_meta(
-    ctx: &Ctx,
-    _path: &Path,
-    name: Vec<u8>,
-    m: &std::fs::Metadata,
-    kind: NodeKind,
-) -> Node {
+fn node_from_meta(ctx: &Ctx, name: Vec<u8>, m: &std::fs::Metadata, kind: NodeKind) -> Node {
     let size = match kind {
         NodeKind::File { .. } => m.len(),
         _ => 0,
@@ -789,6 +975,26 @@ fn node_from_meta(
         links: m.nlink(),
         xattrs: Vec::new(),
     }
+}
+
+/// Bring a node taken from the parent tree up to date with `m`, as
+/// [`node_from_meta`] would build it (its name, kind and extended attributes stay).
+fn refresh_node(ctx: &Ctx, node: &mut Node, m: &std::fs::Metadata) {
+    if let NodeKind::File { .. } = node.kind {
+        node.size = m.len();
+    } else {
+        node.size = 0;
+    }
+    node.mode = m.mode() & 0o7777;
+    node.uid = m.uid();
+    node.gid = m.gid();
+    ctx.names.set_user(&mut node.user, m.uid());
+    ctx.names.set_group(&mut node.group, m.gid());
+    node.mtime = ts(m.mtime(), m.mtime_nsec());
+    node.ctime = ts(m.ctime(), m.ctime_nsec());
+    node.inode = m.ino();
+    node.device = m.dev();
+    node.links = m.nlink();
 }
 
 fn read_xattrs(path: &Path) -> Vec<Xattr> {

@@ -67,6 +67,11 @@ impl Selector {
     }
 
     /// Is this absolute path excluded by a pattern?
+    /// Are there exclude patterns at all (else a path need not be built to ask)?
+    pub fn excludes_any(&self) -> bool {
+        !self.set.is_empty()
+    }
+
     pub fn excluded(&self, path: &Path) -> bool {
         !self.set.is_empty() && self.set.is_match(path)
     }

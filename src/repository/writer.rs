@@ -187,6 +187,20 @@ impl<'r> BlobWriter<'r> {
                 .contains(&(ty, *id)))
     }
 
+    /// Is this blob in the index cache (not only pending in this writer)?
+    pub fn indexed(&self, ty: BlobType, id: &BlobId) -> Result<bool> {
+        self.repo.index().contains(ty, id)
+    }
+
+    /// Is this blob waiting in this writer for its index file?
+    pub fn pending(&self, ty: BlobType, id: &BlobId) -> bool {
+        self.shared
+            .pending
+            .lock()
+            .expect("pending")
+            .contains(&(ty, *id))
+    }
+
     /// Store a blob unless it is known; returns its id and whether it was new. Blocks
     /// while uploads are behind (backpressure). Call from synchronous code only.
     pub fn add(&self, ty: BlobType, plaintext: &[u8]) -> Result<(BlobId, bool)> {
