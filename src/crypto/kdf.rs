@@ -52,12 +52,119 @@ impl KdfParams {
                 format!("Argon2id memory {} KiB is over 4 GiB", self.memory_kib),
             ));
         }
+        let count = params.block_count();
         let argon =
             argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut out = Zeroizing::new([0u8; 32]);
-        argon
-            .hash_password_into(password, &self.salt, out.as_mut())
-            .map_err(|e| Error::format("key file", format!("Argon2id failed: {e}")))?;
+        let hashed = match HugeBlocks::map(count) {
+            Some(mut blocks) => argon.hash_password_into_with_memory(
+                password,
+                &self.salt,
+                out.as_mut(),
+                &mut *blocks,
+            ),
+            None => argon.hash_password_into(password, &self.salt, out.as_mut()),
+        };
+        hashed.map_err(|e| Error::format("key file", format!("Argon2id failed: {e}")))?;
         Ok(out)
+    }
+}
+
+/// Argon2id's working memory in its own mapping, asking for transparent huge pages.
+/// Every process derives a key once, in fresh memory: faulting in 19 MiB as 4 KiB pages
+/// cost as much time as the hashing (about 8 ms of 20 here), as 2 MiB pages it costs
+/// about 1 ms. Same memory, same result. When the kernel has no huge page to hand out it
+/// uses small ones. Unmapped when dropped, so the password-derived blocks go back to
+/// the kernel rather than to the allocator.
+struct HugeBlocks {
+    map: *mut libc::c_void,
+    map_len: usize,
+    blocks: *mut argon2::Block,
+    count: usize,
+}
+
+impl HugeBlocks {
+    const HUGE: usize = 2 << 20;
+
+    fn map(count: usize) -> Option<Self> {
+        if !cfg!(target_os = "linux") {
+            return None;
+        }
+        let len = count.checked_mul(std::mem::size_of::<argon2::Block>())?;
+        // Room to start at a 2 MiB boundary, where huge pages can back the whole range.
+        let map_len = len.checked_add(Self::HUGE)?;
+        // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return None;
+        }
+        let start = (map as usize).next_multiple_of(Self::HUGE);
+        // Huge pages for the whole 2 MiB pieces only, so the memory touched stays what
+        // Argon2id uses (a huge page over the tail would add up to 2 MiB to it).
+        // SAFETY: `start..start + len` lies inside the mapping (it has HUGE spare bytes).
+        // madvise is a hint; when it fails the pages are small.
+        #[cfg(target_os = "linux")]
+        unsafe {
+            let whole = len / Self::HUGE * Self::HUGE;
+            libc::madvise(start as *mut libc::c_void, whole, libc::MADV_HUGEPAGE);
+        }
+        Some(HugeBlocks {
+            map,
+            map_len,
+            blocks: start as *mut argon2::Block,
+            count,
+        })
+    }
+}
+
+impl std::ops::Deref for HugeBlocks {
+    type Target = [argon2::Block];
+    fn deref(&self) -> &[argon2::Block] {
+        // SAFETY: `blocks` points at `count` zeroed (anonymous memory), page-aligned
+        // blocks inside the live mapping; all-zero bytes are a valid `Block`.
+        unsafe { std::slice::from_raw_parts(self.blocks, self.count) }
+    }
+}
+
+impl std::ops::DerefMut for HugeBlocks {
+    fn deref_mut(&mut self) -> &mut [argon2::Block] {
+        // SAFETY: as in `deref`, and `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.blocks, self.count) }
+    }
+}
+
+impl Drop for HugeBlocks {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe {
+            libc::munmap(self.map, self.map_len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derive_in_its_own_mapping_gives_what_argon2_gives() {
+        // 5 MiB: two whole 2 MiB pieces and a tail of small pages.
+        let k = KdfParams::with_cost(5 * 1024, 2, 1);
+        let ours = k.derive(b"pw").unwrap();
+        let params = argon2::Params::new(5 * 1024, 2, 1, Some(32)).unwrap();
+        let mut theirs = [0u8; 32];
+        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password_into(b"pw", &k.salt, &mut theirs)
+            .unwrap();
+        assert_eq!(*ours, theirs);
     }
 }
