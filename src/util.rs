@@ -42,8 +42,9 @@ impl NameCache {
         s
     }
 
-    /// Make `name` the name of `uid`; no allocation when it already is.
-    pub fn set_user(&self, name: &mut String, uid: u32) {
+    /// Make `name` the name of `uid`; no allocation when it already is. `true` when it
+    /// already was.
+    pub fn set_user(&self, name: &mut String, uid: u32) -> bool {
         cached(&self.users, uid, name, |uid| {
             nix::unistd::User::from_uid(uid.into())
                 .ok()
@@ -52,8 +53,9 @@ impl NameCache {
         })
     }
 
-    /// Make `name` the name of `gid`; no allocation when it already is.
-    pub fn set_group(&self, name: &mut String, gid: u32) {
+    /// Make `name` the name of `gid`; no allocation when it already is. `true` when it
+    /// already was.
+    pub fn set_group(&self, name: &mut String, gid: u32) -> bool {
         cached(&self.groups, gid, name, |gid| {
             nix::unistd::Group::from_gid(gid.into())
                 .ok()
@@ -68,12 +70,14 @@ fn cached(
     id: u32,
     out: &mut String,
     lookup: impl FnOnce(u32) -> Option<String>,
-) {
+) -> bool {
     let set = |out: &mut String, name: &str| {
-        if out != name {
+        let same = out == name;
+        if !same {
             out.clear();
             out.push_str(name);
         }
+        same
     };
     if let Some(name) = map.read().expect("name cache").get(&id) {
         return set(out, name);
@@ -82,7 +86,7 @@ fn cached(
     let name = m
         .entry(id)
         .or_insert_with(|| lookup(id).unwrap_or_default());
-    set(out, name);
+    set(out, name)
 }
 
 /// Human-readable byte count (binary units).

@@ -459,7 +459,7 @@ fn backup_vdir(
     real: &Path,
     mut parent: Option<(BlobId, Tree)>,
 ) -> Result<(BlobId, bool)> {
-    let parent_id = parent.as_ref().map(|(id, _)| *id);
+    let parent_of = parent.as_ref().map(|(id, t)| (*id, t.nodes.len()));
     let mut entries = Vec::new();
     for (name, e) in &dir.children {
         let name_os = OsStr::from_bytes(name);
@@ -482,14 +482,16 @@ fn backup_vdir(
                 let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
                 let mut node = node_from_meta(ctx, name.clone(), &meta, NodeKind::Dir { subtree });
                 node.xattrs = read_xattrs(&path);
+                let same = pnode.is_some_and(|p| same_node(&node, &p));
                 entries.push(Entry {
                     node,
                     state: State::Done { complete },
+                    same,
                 });
             }
         }
     }
-    finish_tree(ctx, real, entries, parent_id)
+    finish_tree(ctx, real, entries, parent_of)
 }
 
 /// Store a tree of nodes that need no further checks (the synthetic directories of a
@@ -503,6 +505,8 @@ fn store_tree(ctx: &Ctx, nodes: Vec<Node>) -> Result<BlobId> {
 struct Entry {
     node: Node,
     state: State,
+    /// Equal to the parent tree's node of the same name.
+    same: bool,
 }
 
 enum State {
@@ -541,14 +545,23 @@ fn finish_tree(
     ctx: &Ctx,
     dir: &Path,
     mut entries: Vec<Entry>,
-    parent: Option<BlobId>,
+    parent: Option<(BlobId, usize)>,
 ) -> Result<(BlobId, bool)> {
+    // Every entry equal to the parent's node of its name, and as many: the parent's
+    // tree, whose id is known without encoding and hashing this one.
+    let same = parent.is_some_and(|(_, n)| n == entries.len()) && entries.iter().all(|e| e.same);
+    let parent = parent.map(|(id, _)| id);
     entries.sort_by(|a, b| a.node.name.cmp(&b.node.name));
     let (nodes, states): (Vec<Node>, Vec<State>) =
         entries.into_iter().map(|e| (e.node, e.state)).unzip();
     let mut tree = Tree::new(nodes);
-    let mut bytes = tree.encode();
-    let mut id = ctx.repo.key().blob_id(&bytes);
+    let (mut id, mut bytes) = match parent.filter(|_| same) {
+        Some(id) => (id, None),
+        None => {
+            let bytes = tree.encode();
+            (ctx.repo.key().blob_id(&bytes), Some(bytes))
+        }
+    };
     if parent == Some(id) && ctx.repo.index().tree_complete(&id)? {
         for s in &states {
             if let State::Unchecked(meta) = s {
@@ -584,16 +597,17 @@ fn finish_tree(
         let mut o = outcomes.iter();
         tree.nodes
             .retain(|_| !matches!(o.next(), Some(Outcome::Dropped)));
-        bytes = tree.encode();
-        id = ctx.repo.key().blob_id(&bytes);
+        let b = tree.encode();
+        id = ctx.repo.key().blob_id(&b);
+        bytes = Some(b);
     }
     if complete && ctx.w.indexed(BlobType::Tree, &id)? {
         let marked =
             ctx.mark_complete && ctx.repo.index().mark_tree_complete(&id, ctx.generation)?;
         return Ok((id, marked));
     }
-    ctx.w.add(BlobType::Tree, &bytes)?;
-    Ok((id, false))
+    let bytes = bytes.unwrap_or_else(|| tree.encode());
+    Ok((ctx.w.add(BlobType::Tree, &bytes)?.0, false))
 }
 
 /// What became of an entry when its directory was finished.
@@ -676,14 +690,15 @@ fn backup_entry(
     // The bytes a read stored, which differ from the stat's size when the file changed.
     let mut read_size = None;
     let ft = meta.file_type();
-    let parent = match parent {
+    let mut parent = match parent {
         Some(mut node) if ft.is_file() && same_file(&node, &meta) => {
             // Unchanged (same ctime: same extended attributes too). Its blobs are
             // checked when the directory is finished. No path, no allocation.
-            refresh_node(ctx, &mut node, &meta);
+            let same = refresh_node(ctx, &mut node, &meta);
             return Ok(Some(Entry {
                 node,
                 state: State::Unchecked(meta),
+                same,
             }));
         }
         p => p,
@@ -694,8 +709,8 @@ fn backup_entry(
         parent.as_ref().map(|p| &p.kind),
         Some(NodeKind::File { .. })
     );
-    let name = match parent {
-        Some(p) => p.name,
+    let name = match &mut parent {
+        Some(p) => std::mem::take(&mut p.name),
         None => name.as_bytes().to_vec(),
     };
     let (kind, complete) = if ft.is_dir() {
@@ -761,9 +776,11 @@ fn backup_entry(
     // The size a reader gets is that of the stored content (restore, dump and tar agree).
     node.size = read_size.unwrap_or(node.size);
     node.xattrs = read_xattrs(&path);
+    let same = parent.is_some_and(|p| same_node(&node, &p));
     Ok(Some(Entry {
         node,
         state: State::Done { complete },
+        same,
     }))
 }
 
@@ -791,8 +808,8 @@ fn backup_dir_contents(
         }
     }
     entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    let (parent_id, pnodes) = match parent {
-        Some((id, t)) => (Some(id), t.nodes),
+    let (parent_of, pnodes) = match parent {
+        Some((id, t)) => (Some((id, t.nodes.len())), t.nodes),
         None => (None, Vec::new()),
     };
     // Pair each entry with its node in the parent tree (both sorted by name), moving the
@@ -824,7 +841,7 @@ fn backup_dir_contents(
         ctx,
         path,
         entries.into_iter().flatten().collect(),
-        parent_id,
+        parent_of,
     )
 }
 
@@ -979,22 +996,82 @@ fn node_from_meta(ctx: &Ctx, name: Vec<u8>, m: &std::fs::Metadata, kind: NodeKin
 
 /// Bring a node taken from the parent tree up to date with `m`, as
 /// [`node_from_meta`] would build it (its name, kind and extended attributes stay).
-fn refresh_node(ctx: &Ctx, node: &mut Node, m: &std::fs::Metadata) {
-    if let NodeKind::File { .. } = node.kind {
-        node.size = m.len();
-    } else {
-        node.size = 0;
-    }
-    node.mode = m.mode() & 0o7777;
-    node.uid = m.uid();
-    node.gid = m.gid();
-    ctx.names.set_user(&mut node.user, m.uid());
-    ctx.names.set_group(&mut node.group, m.gid());
-    node.mtime = ts(m.mtime(), m.mtime_nsec());
-    node.ctime = ts(m.ctime(), m.ctime_nsec());
-    node.inode = m.ino();
-    node.device = m.dev();
-    node.links = m.nlink();
+/// `true` when nothing changed.
+fn refresh_node(ctx: &Ctx, node: &mut Node, m: &std::fs::Metadata) -> bool {
+    let size = match node.kind {
+        NodeKind::File { .. } => m.len(),
+        _ => 0,
+    };
+    let fresh = (
+        size,
+        m.mode() & 0o7777,
+        m.uid(),
+        m.gid(),
+        ts(m.mtime(), m.mtime_nsec()),
+        ts(m.ctime(), m.ctime_nsec()),
+        m.ino(),
+        m.dev(),
+        m.nlink(),
+    );
+    let old = (
+        node.size,
+        node.mode,
+        node.uid,
+        node.gid,
+        node.mtime,
+        node.ctime,
+        node.inode,
+        node.device,
+        node.links,
+    );
+    (
+        node.size,
+        node.mode,
+        node.uid,
+        node.gid,
+        node.mtime,
+        node.ctime,
+        node.inode,
+        node.device,
+        node.links,
+    ) = fresh;
+    let same_user = ctx.names.set_user(&mut node.user, m.uid());
+    let same_group = ctx.names.set_group(&mut node.group, m.gid());
+    fresh == old && same_user && same_group
+}
+
+/// Is `new` the parent's node `old` (their names aside, which are equal)?
+fn same_node(new: &Node, old: &Node) -> bool {
+    // Every field named, so that a new one is not forgotten here.
+    let Node {
+        name: _,
+        kind,
+        mode,
+        uid,
+        gid,
+        user,
+        group,
+        mtime,
+        ctime,
+        size,
+        inode,
+        device,
+        links,
+        xattrs,
+    } = new;
+    *kind == old.kind
+        && *mode == old.mode
+        && *uid == old.uid
+        && *gid == old.gid
+        && *user == old.user
+        && *group == old.group
+        && *mtime == old.mtime
+        && *ctime == old.ctime
+        && *size == old.size
+        && *inode == old.inode
+        && *device == old.device
+        && *links == old.links
+        && *xattrs == old.xattrs
 }
 
 fn read_xattrs(path: &Path) -> Vec<Xattr> {
