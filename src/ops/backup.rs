@@ -10,10 +10,11 @@
 //! is recorded as incomplete (invariant 5); the backup itself goes on.
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
+use std::ffi::{CStr, CString, OsStr};
 use std::io::Read;
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +23,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::Problem;
+use super::scan::{Dir, Meta, ts};
 use super::select::{SelectOptions, Selector};
 use super::stream_check::{Checker, Checking, StreamCheck, Verdict};
 use crate::chunker;
@@ -390,10 +392,10 @@ fn backup_paths(
         let comps: Vec<&OsStr> = s.iter().skip(1).collect();
         if comps.is_empty() {
             // Backing up "/" itself: the root's entries become the snapshot's root.
-            let dev = std::fs::symlink_metadata(s)
-                .map_err(|e| Error::io(s, e))?
-                .dev();
-            let (tree, _) = backup_dir_contents(ctx, s, parent_tree(ctx, parent)?, dev)?;
+            let dev = Meta::of_path(s).map_err(|e| Error::io(s, e))?.dev;
+            let dir = Dir::open(nix::fcntl::AT_FDCWD, c"/").map_err(|e| Error::io(s, e))?;
+            let ptree = parent_tree(ctx, parent)?;
+            let (tree, _) = backup_dir_contents(ctx, s, &dir, ptree, dev)?;
             return Ok((tree, vec!["/".into()]));
         }
         let mut dir = &mut root;
@@ -466,12 +468,14 @@ fn backup_vdir(
         let pnode = take_node(&mut parent, name);
         match e {
             VEntry::Source(p) => {
-                let dev = match std::fs::symlink_metadata(p) {
-                    Ok(m) => m.dev(),
-                    Err(_) => 0,
+                let dev = Meta::of_path(p).map(|m| m.dev).unwrap_or(0);
+                let Ok(abs) = CString::new(p.as_os_str().as_bytes()) else {
+                    ctx.problem(p, "the path holds a NUL byte");
+                    continue;
                 };
                 // `p` is `real/name`: the virtual directories are its components.
-                if let Some(e) = backup_entry(ctx, real, name_os, pnode, dev, None)? {
+                let at = nix::fcntl::AT_FDCWD;
+                if let Some(e) = backup_entry(ctx, at, &abs, real, name_os, pnode, dev, None)? {
                     entries.push(e);
                 }
             }
@@ -479,7 +483,7 @@ fn backup_vdir(
                 let path = real.join(name_os);
                 let ptree = parent_tree(ctx, parent_subtree(pnode.as_ref()))?;
                 let (subtree, complete) = backup_vdir(ctx, sub, &path, ptree)?;
-                let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
+                let meta = Meta::of_path(&path).map_err(|e| Error::io(&path, e))?;
                 let mut node = node_from_meta(ctx, name.clone(), &meta, NodeKind::Dir { subtree });
                 node.xattrs = read_xattrs(&path);
                 let same = pnode.is_some_and(|p| same_node(&node, &p));
@@ -515,7 +519,7 @@ enum State {
     Done { complete: bool },
     /// A file whose size, mtime, ctime and inode equal its node in the parent tree: the
     /// node carries the parent's blob list, not yet checked against the index.
-    Unchecked(std::fs::Metadata),
+    Unchecked(Meta),
 }
 
 /// Finish a directory: its tree id and whether the tree is complete (it and every blob
@@ -565,7 +569,7 @@ fn finish_tree(
     if parent == Some(id) && ctx.repo.index().tree_complete(&id)? {
         for s in &states {
             if let State::Unchecked(meta) = s {
-                count_unmodified(ctx, meta.len());
+                count_unmodified(ctx, meta.size);
             }
         }
         return Ok((id, true));
@@ -623,12 +627,7 @@ enum Outcome {
 
 /// Check the blobs of a file reused from the parent; read it again when one is not
 /// known.
-fn check_reused(
-    ctx: &Ctx,
-    dir: &Path,
-    node: &mut Node,
-    meta: &std::fs::Metadata,
-) -> Result<Outcome> {
+fn check_reused(ctx: &Ctx, dir: &Path, node: &mut Node, meta: &Meta) -> Result<Outcome> {
     let NodeKind::File { content } = &node.kind else {
         unreachable!("only files are reused unchecked")
     };
@@ -655,7 +654,7 @@ fn check_reused(
             None => Outcome::Dropped,
         });
     }
-    count_unmodified(ctx, meta.len());
+    count_unmodified(ctx, meta.size);
     Ok(Outcome::Kept { complete })
 }
 
@@ -669,18 +668,22 @@ fn count_unmodified(ctx: &Ctx, len: u64) {
 
 /// One directory entry, `dir/name`; `Ok(None)` when it could not be read (a problem is
 /// recorded) or is excluded. `Err` only for repository failures, which stop the backup.
-/// `parent` is the same entry in the parent snapshot, taken: an unchanged file's node is
-/// the parent's, brought up to date. `dev` is the source's file system; `meta` the
-/// entry's metadata when the caller has it.
+/// The entry is `rel` under `at` (its name in the open directory, or its absolute path
+/// with `AT_FDCWD`). `parent` is the same entry in the parent snapshot, taken: an
+/// unchanged file's node is the parent's, brought up to date. `dev` is the source's file
+/// system; `meta` the entry's metadata when the caller has it.
+#[allow(clippy::too_many_arguments)]
 fn backup_entry(
     ctx: &Ctx,
+    at: BorrowedFd<'_>,
+    rel: &CStr,
     dir: &Path,
     name: &OsStr,
     parent: Option<Node>,
     dev: u64,
-    meta: Option<std::io::Result<std::fs::Metadata>>,
+    meta: Option<std::io::Result<Meta>>,
 ) -> Result<Option<Entry>> {
-    let meta = match meta.unwrap_or_else(|| std::fs::symlink_metadata(dir.join(name))) {
+    let meta = match meta.unwrap_or_else(|| Meta::at(at, rel)) {
         Ok(m) => m,
         Err(e) => {
             ctx.problem(&dir.join(name), format!("cannot stat: {e}"));
@@ -689,9 +692,8 @@ fn backup_entry(
     };
     // The bytes a read stored, which differ from the stat's size when the file changed.
     let mut read_size = None;
-    let ft = meta.file_type();
     let mut parent = match parent {
-        Some(mut node) if ft.is_file() && same_file(&node, &meta) => {
+        Some(mut node) if meta.is_file() && same_file(&node, &meta) => {
             // Unchanged (same ctime: same extended attributes too). Its blobs are
             // checked when the directory is finished. No path, no allocation.
             let same = refresh_node(ctx, &mut node, &meta);
@@ -713,16 +715,25 @@ fn backup_entry(
         Some(p) => std::mem::take(&mut p.name),
         None => name.as_bytes().to_vec(),
     };
-    let (kind, complete) = if ft.is_dir() {
+    // A directory's extended attributes are read from it while it is open.
+    let mut xattrs = None;
+    let (kind, complete) = if meta.is_dir() {
         if ctx.select.marked(&path) {
             return Ok(None);
         }
-        let contents = if ctx.select.one_file_system && meta.dev() != dev {
+        let contents = if ctx.select.one_file_system && meta.dev != dev {
             // A mount point: keep the directory, not the other file system's contents.
             finish_tree(ctx, &path, Vec::new(), None)
         } else {
-            let ptree = parent_tree(ctx, parent_subtree)?;
-            backup_dir_contents(ctx, &path, ptree, dev)
+            match Dir::open(at, rel) {
+                Ok(d) => {
+                    let ptree = parent_tree(ctx, parent_subtree)?;
+                    let contents = backup_dir_contents(ctx, &path, &d, ptree, dev);
+                    xattrs = Some(d.xattrs());
+                    contents
+                }
+                Err(e) => Err(Error::io(&path, e)),
+            }
         };
         match contents {
             Ok((subtree, complete)) => {
@@ -735,7 +746,7 @@ fn backup_entry(
             }
             Err(e) => return Err(e),
         }
-    } else if ft.is_file() {
+    } else if meta.is_file() {
         if parent_was_file {
             ctx.progress.files_changed.fetch_add(1, Ordering::Relaxed);
         }
@@ -747,27 +758,30 @@ fn backup_entry(
             }
             None => return Ok(None),
         }
-    } else if ft.is_symlink() {
-        match std::fs::read_link(&path) {
+    } else if meta.is_symlink() {
+        match nix::fcntl::readlinkat(at, rel) {
             Ok(t) => (
                 NodeKind::Symlink {
-                    target: t.as_os_str().as_bytes().to_vec(),
+                    target: t.as_bytes().to_vec(),
                 },
                 true,
             ),
             Err(e) => {
-                ctx.problem(&path, format!("cannot read link: {e}"));
+                ctx.problem(
+                    &path,
+                    format!("cannot read link: {}", std::io::Error::from(e)),
+                );
                 return Ok(None);
             }
         }
-    } else if ft.is_fifo() {
+    } else if meta.is_fifo() {
         (NodeKind::Fifo, true)
-    } else if ft.is_socket() {
+    } else if meta.is_socket() {
         (NodeKind::Socket, true)
-    } else if ft.is_char_device() {
-        (NodeKind::CharDevice { rdev: meta.rdev() }, true)
-    } else if ft.is_block_device() {
-        (NodeKind::BlockDevice { rdev: meta.rdev() }, true)
+    } else if meta.is_char_device() {
+        (NodeKind::CharDevice { rdev: meta.rdev }, true)
+    } else if meta.is_block_device() {
+        (NodeKind::BlockDevice { rdev: meta.rdev }, true)
     } else {
         ctx.problem(&path, "unknown file type, skipped");
         return Ok(None);
@@ -775,7 +789,7 @@ fn backup_entry(
     let mut node = node_from_meta(ctx, name, &meta, kind);
     // The size a reader gets is that of the stored content (restore, dump and tar agree).
     node.size = read_size.unwrap_or(node.size);
-    node.xattrs = read_xattrs(&path);
+    node.xattrs = xattrs.unwrap_or_else(|| read_xattrs(&path));
     let same = parent.is_some_and(|p| same_node(&node, &p));
     Ok(Some(Entry {
         node,
@@ -785,29 +799,25 @@ fn backup_entry(
 }
 
 /// Is this the parent's file with the same size, mtime, ctime and inode?
-fn same_file(p: &Node, meta: &std::fs::Metadata) -> bool {
+fn same_file(p: &Node, meta: &Meta) -> bool {
     matches!(p.kind, NodeKind::File { .. })
-        && p.size == meta.len()
-        && p.mtime == ts(meta.mtime(), meta.mtime_nsec())
-        && p.ctime == ts(meta.ctime(), meta.ctime_nsec())
-        && p.inode == meta.ino()
+        && p.size == meta.size
+        && p.mtime == meta.mtime
+        && p.ctime == meta.ctime
+        && p.inode == meta.ino
 }
 
 fn backup_dir_contents(
     ctx: &Ctx,
     path: &Path,
+    dir: &Dir,
     parent: Option<(BlobId, Tree)>,
     dev: u64,
 ) -> Result<(BlobId, bool)> {
-    let rd = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?;
-    let mut entries = Vec::new();
-    for e in rd {
-        match e {
-            Ok(e) => entries.push((e.file_name(), e)),
-            Err(e) => ctx.problem(path, format!("error while listing: {e}")),
-        }
+    let (names, err) = dir.names();
+    if let Some(e) = err {
+        ctx.problem(path, format!("error while listing: {e}"));
     }
-    entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     let (parent_of, pnodes) = match parent {
         Some((id, t)) => (Some((id, t.nodes.len())), t.nodes),
         None => (None, Vec::new()),
@@ -815,26 +825,24 @@ fn backup_dir_contents(
     // Pair each entry with its node in the parent tree (both sorted by name), moving the
     // nodes out of the parent tree.
     let mut pnodes = pnodes.into_iter().peekable();
-    let work: Vec<_> = entries
-        .into_iter()
-        .map(|(n, e)| {
-            while pnodes
-                .next_if(|p| p.name.as_slice() < n.as_bytes())
-                .is_some()
-            {}
-            let p = pnodes.next_if(|p| p.name.as_slice() == n.as_bytes());
-            (n, e, p)
+    let work: Vec<(usize, Option<Node>)> = (0..names.len())
+        .map(|i| {
+            let n = names.get(i).0.as_bytes();
+            while pnodes.next_if(|p| p.name.as_slice() < n).is_some() {}
+            (i, pnodes.next_if(|p| p.name.as_slice() == n))
         })
         .collect();
     drop(pnodes);
+    let fd = dir.fd();
     let entries: Vec<Option<Entry>> = work
         .into_par_iter()
-        .map(|(n, e, p)| {
-            if ctx.select.excludes_any() && ctx.select.excluded(&path.join(&n)) {
+        .map(|(i, p)| {
+            let (n, c) = names.get(i);
+            if ctx.select.excludes_any() && ctx.select.excluded(&path.join(n)) {
                 return Ok(None);
             }
-            // fstatat relative to the open directory: no walk of the whole path.
-            backup_entry(ctx, path, &n, p, dev, Some(e.metadata()))
+            let meta = Meta::at(fd, c);
+            backup_entry(ctx, fd, c, path, n, p, dev, Some(meta))
         })
         .collect::<Result<_>>()?;
     finish_tree(
@@ -847,11 +855,7 @@ fn backup_dir_contents(
 
 /// Store a file's content; its blobs and length. `Ok(None)` when it could not be read
 /// (problem recorded).
-fn backup_file(
-    ctx: &Ctx,
-    path: &Path,
-    meta: &std::fs::Metadata,
-) -> Result<Option<(Vec<BlobId>, u64)>> {
+fn backup_file(ctx: &Ctx, path: &Path, meta: &Meta) -> Result<Option<(Vec<BlobId>, u64)>> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) => {
@@ -860,7 +864,7 @@ fn backup_file(
         }
     };
     ctx.progress.files.fetch_add(1, Ordering::Relaxed);
-    let (content, read) = match store_stream(ctx, file, meta.len()) {
+    let (content, read) = match store_stream(ctx, file, meta.size) {
         Ok(r) => r,
         Err(Error::Io { source, .. }) => {
             ctx.problem(path, format!("read error: {source}"));
@@ -869,16 +873,16 @@ fn backup_file(
         Err(e) => return Err(e),
     };
     ctx.total_bytes.fetch_add(read, Ordering::Relaxed);
-    if read != meta.len() {
+    if read != meta.size {
         ctx.problem(
             path,
             format!(
                 "file changed while being read (size was {}, read {read} bytes)",
-                meta.len()
+                meta.size
             ),
         );
     } else if let Ok(after) = std::fs::symlink_metadata(path) {
-        if after.mtime() != meta.mtime() || after.mtime_nsec() != meta.mtime_nsec() {
+        if ts(after.mtime(), after.mtime_nsec()) != meta.mtime {
             ctx.problem(path, "file changed while being read (mtime changed)");
         }
     }
@@ -964,32 +968,25 @@ fn stream_chunks<R: Read + Send>(ctx: &Ctx, reader: R) -> Result<(Vec<BlobId>, u
     Ok((ids, total))
 }
 
-fn ts(secs: i64, nanos: i64) -> Timestamp {
-    Timestamp {
-        secs,
-        nanos: nanos.clamp(0, 999_999_999) as u32,
-    }
-}
-
-fn node_from_meta(ctx: &Ctx, name: Vec<u8>, m: &std::fs::Metadata, kind: NodeKind) -> Node {
+fn node_from_meta(ctx: &Ctx, name: Vec<u8>, m: &Meta, kind: NodeKind) -> Node {
     let size = match kind {
-        NodeKind::File { .. } => m.len(),
+        NodeKind::File { .. } => m.size,
         _ => 0,
     };
     Node {
         name,
         kind,
-        mode: m.mode() & 0o7777,
-        uid: m.uid(),
-        gid: m.gid(),
-        user: ctx.names.user(m.uid()),
-        group: ctx.names.group(m.gid()),
-        mtime: ts(m.mtime(), m.mtime_nsec()),
-        ctime: ts(m.ctime(), m.ctime_nsec()),
+        mode: m.mode & 0o7777,
+        uid: m.uid,
+        gid: m.gid,
+        user: ctx.names.user(m.uid),
+        group: ctx.names.group(m.gid),
+        mtime: m.mtime,
+        ctime: m.ctime,
         size,
-        inode: m.ino(),
-        device: m.dev(),
-        links: m.nlink(),
+        inode: m.ino,
+        device: m.dev,
+        links: m.nlink,
         xattrs: Vec::new(),
     }
 }
@@ -997,21 +994,21 @@ fn node_from_meta(ctx: &Ctx, name: Vec<u8>, m: &std::fs::Metadata, kind: NodeKin
 /// Bring a node taken from the parent tree up to date with `m`, as
 /// [`node_from_meta`] would build it (its name, kind and extended attributes stay).
 /// `true` when nothing changed.
-fn refresh_node(ctx: &Ctx, node: &mut Node, m: &std::fs::Metadata) -> bool {
+fn refresh_node(ctx: &Ctx, node: &mut Node, m: &Meta) -> bool {
     let size = match node.kind {
-        NodeKind::File { .. } => m.len(),
+        NodeKind::File { .. } => m.size,
         _ => 0,
     };
     let fresh = (
         size,
-        m.mode() & 0o7777,
-        m.uid(),
-        m.gid(),
-        ts(m.mtime(), m.mtime_nsec()),
-        ts(m.ctime(), m.ctime_nsec()),
-        m.ino(),
-        m.dev(),
-        m.nlink(),
+        m.mode & 0o7777,
+        m.uid,
+        m.gid,
+        m.mtime,
+        m.ctime,
+        m.ino,
+        m.dev,
+        m.nlink,
     );
     let old = (
         node.size,
@@ -1035,8 +1032,8 @@ fn refresh_node(ctx: &Ctx, node: &mut Node, m: &std::fs::Metadata) -> bool {
         node.device,
         node.links,
     ) = fresh;
-    let same_user = ctx.names.set_user(&mut node.user, m.uid());
-    let same_group = ctx.names.set_group(&mut node.group, m.gid());
+    let same_user = ctx.names.set_user(&mut node.user, m.uid);
+    let same_group = ctx.names.set_group(&mut node.group, m.gid);
     fresh == old && same_user && same_group
 }
 

@@ -11,6 +11,7 @@ pub mod mount;
 pub mod prune;
 pub mod repair;
 pub mod restore;
+mod scan;
 pub mod select;
 pub mod stream_check;
 pub mod walk;

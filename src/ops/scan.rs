@@ -1,0 +1,280 @@
+//! Reading directories for a backup relative to open descriptors: a directory is opened
+//! by its name in its parent and its entries are statted by name in it, so each is one
+//! path lookup (not one per component of a full path), and a listing is one buffer (not
+//! an allocation per entry, nor the C library's 32 KiB stream per directory).
+
+use std::cell::RefCell;
+use std::ffi::{CStr, OsStr};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::Mode;
+
+use crate::format::{Timestamp, Xattr};
+
+/// What a backup records of an entry's `lstat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Meta {
+    /// `st_mode`: type and permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    pub ino: u64,
+    pub dev: u64,
+    pub nlink: u64,
+    pub rdev: u64,
+}
+
+/// A timestamp from seconds and nanoseconds as `stat` gives them.
+pub(super) fn ts(secs: i64, nanos: i64) -> Timestamp {
+    Timestamp {
+        secs,
+        nanos: nanos.clamp(0, 999_999_999) as u32,
+    }
+}
+
+impl Meta {
+    /// The `lstat` of `rel` under `at` (a directory, or [`nix::fcntl::AT_FDCWD`] with an
+    /// absolute path).
+    pub fn at(at: BorrowedFd<'_>, rel: &CStr) -> io::Result<Self> {
+        let st = nix::sys::stat::fstatat(at, rel, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+        Ok(Meta {
+            mode: st.st_mode as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            size: st.st_size as u64,
+            mtime: ts(st.st_mtime as i64, st.st_mtime_nsec as i64),
+            ctime: ts(st.st_ctime as i64, st.st_ctime_nsec as i64),
+            ino: st.st_ino as u64,
+            dev: st.st_dev as u64,
+            nlink: st.st_nlink as u64,
+            rdev: st.st_rdev as u64,
+        })
+    }
+
+    /// The `lstat` of a path.
+    pub fn of_path(path: &Path) -> io::Result<Self> {
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(Meta {
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            size: m.size(),
+            mtime: ts(m.mtime(), m.mtime_nsec()),
+            ctime: ts(m.ctime(), m.ctime_nsec()),
+            ino: m.ino(),
+            dev: m.dev(),
+            nlink: m.nlink(),
+            rdev: m.rdev(),
+        })
+    }
+
+    fn kind(&self) -> u32 {
+        self.mode & libc::S_IFMT
+    }
+    pub fn is_dir(&self) -> bool {
+        self.kind() == libc::S_IFDIR
+    }
+    pub fn is_file(&self) -> bool {
+        self.kind() == libc::S_IFREG
+    }
+    pub fn is_symlink(&self) -> bool {
+        self.kind() == libc::S_IFLNK
+    }
+    pub fn is_fifo(&self) -> bool {
+        self.kind() == libc::S_IFIFO
+    }
+    pub fn is_socket(&self) -> bool {
+        self.kind() == libc::S_IFSOCK
+    }
+    pub fn is_char_device(&self) -> bool {
+        self.kind() == libc::S_IFCHR
+    }
+    pub fn is_block_device(&self) -> bool {
+        self.kind() == libc::S_IFBLK
+    }
+}
+
+/// An open directory.
+pub(super) struct Dir {
+    fd: OwnedFd,
+}
+
+/// The entries of a directory (without `.` and `..`), sorted by name bytes.
+pub(super) struct Names {
+    /// The names, each followed by its NUL.
+    bytes: Vec<u8>,
+    /// Start and length (without the NUL) of each name in `bytes`.
+    spans: Vec<(usize, usize)>,
+}
+
+impl Names {
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// The `i`th name, as a path component and as the C string the system calls take.
+    pub fn get(&self, i: usize) -> (&OsStr, &CStr) {
+        let (start, len) = self.spans[i];
+        let name = &self.bytes[start..start + len];
+        let c = CStr::from_bytes_with_nul(&self.bytes[start..=start + len])
+            .expect("names are stored with their NUL and contain none");
+        (OsStr::from_bytes(name), c)
+    }
+}
+
+thread_local! {
+    /// The buffer `getdents64` fills, one per thread (a listing is read whole before
+    /// anything below it is).
+    static DENTS: RefCell<Vec<u8>> = RefCell::new(vec![0; 32 << 10]);
+}
+
+impl Dir {
+    /// Open `rel` under `at` (a directory, or [`nix::fcntl::AT_FDCWD`] with an absolute
+    /// path). A symlink is not followed: what was statted as a directory and is a link by
+    /// now fails to open rather than leading elsewhere.
+    pub fn open(at: BorrowedFd<'_>, rel: &CStr) -> io::Result<Self> {
+        let fd = nix::fcntl::openat(
+            at,
+            rel,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Dir { fd })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// List the directory. Names that `getdents64` returned before an error are kept;
+    /// the error is returned beside them.
+    pub fn names(&self) -> (Names, Option<io::Error>) {
+        let mut names = Names {
+            bytes: Vec::new(),
+            spans: Vec::new(),
+        };
+        let err = DENTS.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            loop {
+                // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`, which
+                // is borrowed mutably for the call; the descriptor is open.
+                let n = unsafe {
+                    libc::syscall(
+                        libc::SYS_getdents64,
+                        self.fd.as_raw_fd(),
+                        buf.as_mut_ptr(),
+                        buf.len(),
+                    )
+                };
+                if n < 0 {
+                    return Some(io::Error::last_os_error());
+                }
+                if n == 0 {
+                    return None;
+                }
+                parse_dirents(&buf[..n as usize], &mut names);
+            }
+        });
+        let mut order: Vec<usize> = (0..names.spans.len()).collect();
+        let name = |&(s, l): &(usize, usize)| &names.bytes[s..s + l];
+        order.sort_unstable_by(|&a, &b| name(&names.spans[a]).cmp(name(&names.spans[b])));
+        names.spans = order.into_iter().map(|i| names.spans[i]).collect();
+        (names, err)
+    }
+
+    /// The directory's extended attributes, sorted by name (none when they cannot be
+    /// read, as for a path).
+    pub fn xattrs(&self) -> Vec<Xattr> {
+        use xattr::FileExt;
+        let Ok(fd) = self.fd.try_clone() else {
+            return Vec::new();
+        };
+        let f = std::fs::File::from(fd);
+        let Ok(list) = f.list_xattr() else {
+            return Vec::new();
+        };
+        let mut out: Vec<Xattr> = list
+            .filter_map(|n| {
+                let value = f.get_xattr(&n).ok()??;
+                Some(Xattr {
+                    name: n.as_bytes().to_vec(),
+                    value,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+/// Append the names of the `linux_dirent64` records in `buf` (u64 inode, i64 offset,
+/// u16 record length, u8 type, NUL-terminated name) to `names`, skipping `.` and `..`.
+fn parse_dirents(buf: &[u8], names: &mut Names) {
+    let mut at = 0;
+    while at + 19 < buf.len() {
+        let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+        if reclen == 0 || at + reclen > buf.len() {
+            break;
+        }
+        let rec = &buf[at + 19..at + reclen];
+        let len = rec.iter().position(|&b| b == 0).unwrap_or(rec.len());
+        let name = &rec[..len];
+        if name != b"." && name != b".." && !name.is_empty() {
+            names.spans.push((names.bytes.len(), len));
+            names.bytes.extend_from_slice(name);
+            names.bytes.push(0);
+        }
+        at += reclen;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_sorted_names_and_stats_them_like_std() {
+        let t = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..300)
+            .map(|i| format!("entry-{:03}-{}", (i * 7) % 300, "x".repeat(i % 40)))
+            .collect();
+        for n in &names {
+            std::fs::write(t.path().join(n), n.as_bytes()).unwrap();
+        }
+        std::fs::create_dir(t.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink("entry-000-", t.path().join("link")).unwrap();
+        let root = std::ffi::CString::new(t.path().as_os_str().as_bytes()).unwrap();
+        let d = Dir::open(nix::fcntl::AT_FDCWD, &root).unwrap();
+        let (listed, err) = d.names();
+        assert!(err.is_none());
+        let mut want: Vec<Vec<u8>> = names.iter().map(|n| n.as_bytes().to_vec()).collect();
+        want.push(b"sub".to_vec());
+        want.push(b"link".to_vec());
+        want.sort();
+        let got: Vec<Vec<u8>> = (0..listed.len())
+            .map(|i| listed.get(i).0.as_bytes().to_vec())
+            .collect();
+        assert_eq!(got, want);
+        for i in 0..listed.len() {
+            let (name, c) = listed.get(i);
+            let ours = Meta::at(d.fd(), c).unwrap();
+            assert_eq!(ours, Meta::of_path(&t.path().join(name)).unwrap());
+        }
+        let (_, c) = (0..listed.len())
+            .map(|i| listed.get(i))
+            .find(|(n, _)| n.as_bytes() == b"link")
+            .unwrap();
+        assert!(Meta::at(d.fd(), c).unwrap().is_symlink());
+        // A symlink is not opened as a directory.
+        assert!(Dir::open(d.fd(), c).is_err());
+    }
+}
