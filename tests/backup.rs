@@ -62,6 +62,40 @@ fn touching_one_file_in_20k_reads_one_file() {
     assert_eq!(forced["summary"]["data_blobs_added"], 0);
 }
 
+#[test]
+fn the_parent_is_the_latest_snapshot_of_this_host_and_paths_that_still_exists() {
+    let repo = Repo::new();
+    let src = repo.tmp.path().join("src");
+    let other = repo.tmp.path().join("other");
+    for d in [&src, &other] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("f"), "x").unwrap();
+    }
+    let a = repo.backup_json(&[src.as_os_str()]);
+    repo.backup_json(&[other.as_os_str()]);
+    let b = repo.backup_json(&[src.as_os_str()]);
+    assert_eq!(b["parent"], a["snapshot_id"]);
+    // The index cache knows b's head now; a forgotten b is not a parent any more.
+    run_ok(
+        repo.cmd()
+            .args(["forget", b["snapshot_id"].as_str().unwrap()]),
+    );
+    let c = repo.backup_json(&[src.as_os_str()]);
+    assert_eq!(c["parent"], a["snapshot_id"], "{c}");
+    let elsewhere = repo.backup_json(&[
+        OsStr::new("--host"),
+        OsStr::new("elsewhere"),
+        src.as_os_str(),
+    ]);
+    assert!(elsewhere["parent"].is_null(), "{elsewhere}");
+    let d = repo.backup_json(&[src.as_os_str()]);
+    assert_eq!(d["parent"], c["snapshot_id"]);
+    // Without the cache the same parent is found.
+    std::fs::remove_dir_all(repo.tmp.path().join("cache")).unwrap();
+    let e = repo.backup_json(&[src.as_os_str()]);
+    assert_eq!(e["parent"], d["snapshot_id"]);
+}
+
 /// The library's view of a repository, with a cache of its own.
 fn lib(repo: &Repo) -> cairn::IndexedRepository {
     let store = cairn::backend::open(

@@ -28,9 +28,13 @@ use super::select::{SelectOptions, Selector};
 use super::stream_check::{Checker, Checking, StreamCheck, Verdict};
 use crate::chunker;
 use crate::error::{Error, Result};
-use crate::format::{BlobType, Node, NodeKind, Snapshot, StreamInfo, Timestamp, Tree, Xattr};
+use crate::format::{
+    BlobType, Node, NodeKind, Snapshot, StreamInfo, Timestamp, Tree, Xattr, names,
+};
 use crate::id::{BlobId, SnapshotId};
-use crate::repository::{Announcement, BlobWriter, IndexedRepository, REFRESH, STALE_AFTER};
+use crate::repository::{
+    Announcement, BlobWriter, IndexedRepository, REFRESH, STALE_AFTER, SnapshotHead,
+};
 use crate::util::NameCache;
 use std::sync::Arc;
 
@@ -280,7 +284,15 @@ fn run(
             // A backup whose lock went unrefreshed long enough to look dead to prune
             // may reference packs prune has since removed: it stops before the snapshot.
             a.check_fresh(STALE_AFTER - REFRESH)?;
-            Some(repo.save_snapshot(&snap)?)
+            let id = repo.save_snapshot(&snap)?;
+            // The next backup finds its parent without reading this one back.
+            if let Err(e) = repo
+                .index()
+                .put_snapshot_head(&id, &SnapshotHead::of(&snap))
+            {
+                tracing::warn!("{e}");
+            }
+            Some(id)
         }
     };
     Ok(BackupResult {
@@ -314,6 +326,9 @@ fn verify_new(
 
 /// The parent snapshot: the one asked for, or the latest complete-or-not snapshot of
 /// this host with the same source paths.
+///
+/// The heads of snapshots seen before (time, host, paths) come from the index cache, so
+/// only new snapshots are read and opened, not every snapshot at every backup.
 fn find_parent(
     repo: &IndexedRepository,
     asked: Option<SnapshotId>,
@@ -329,11 +344,60 @@ fn find_parent(
         .collect::<Result<_>>()?;
     want.sort();
     want.dedup();
-    Ok(repo.snapshots()?.into_iter().rev().find(|(_, s)| {
-        let mut have = s.paths.clone();
-        have.sort();
-        s.host == host && have == want && s.stream.is_none()
-    }))
+    let cache = repo.index();
+    let ids: Vec<SnapshotId> = repo.block_on(crate::backend::list_ids(
+        repo.backend().as_ref(),
+        names::SNAPSHOTS,
+    ))?;
+    let mut heads = Vec::with_capacity(ids.len());
+    let mut missing = Vec::new();
+    for id in ids {
+        match cache.snapshot_head(&id)? {
+            Some(h) => heads.push((id, h)),
+            None => missing.push(id),
+        }
+    }
+    // A few new ones are read one by one; many (a new cache) all at once, concurrently.
+    let mut loaded = None;
+    if missing.len() > 4 {
+        let all = repo.snapshots()?;
+        heads.clear();
+        for (id, s) in &all {
+            let h = SnapshotHead::of(s);
+            cache.put_snapshot_head(id, &h)?;
+            heads.push((*id, h));
+        }
+        loaded = Some(all);
+    } else {
+        for id in missing {
+            match repo.load_snapshot(&id) {
+                Ok(s) => {
+                    let h = SnapshotHead::of(&s);
+                    cache.put_snapshot_head(&id, &h)?;
+                    heads.push((id, h));
+                }
+                // Removed since the listing.
+                Err(Error::NotFound { .. }) => {}
+                Err(e @ Error::Backend { .. }) => return Err(e),
+                Err(e) => tracing::warn!("skipping {}: {e}", names::snapshot(&id)),
+            }
+        }
+    }
+    let best = heads
+        .into_iter()
+        .filter(|(_, h)| {
+            let mut have = h.paths.clone();
+            have.sort();
+            h.host == host && have == want && !h.stream
+        })
+        .max_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+    let Some((id, _)) = best else {
+        return Ok(None);
+    };
+    if let Some(s) = loaded.and_then(|all| all.into_iter().find(|(i, _)| *i == id)) {
+        return Ok(Some(s));
+    }
+    Ok(Some((id, repo.load_snapshot(&id)?)))
 }
 
 /// A directory of the virtual root: the path components leading to the sources.

@@ -13,7 +13,8 @@
 //!
 //! Keys: `b` `type` `id` -> postcard([`BlobLocation`]); `i` `index id` -> empty (seen);
 //! `p` `type` `id` -> location in a pack awaiting deletion; `e` `deletion id` -> empty;
-//! `b` `2` `tree id` -> empty: the tree is complete ([`IndexCache::tree_complete`]).
+//! `b` `2` `tree id` -> empty: the tree is complete ([`IndexCache::tree_complete`]);
+//! `s` `snapshot id` -> postcard([`SnapshotHead`]).
 //!
 //! Complete trees. A backup that found a tree and every blob below it in the `b` space
 //! marks the tree complete, so the next backup checks one key for an unchanged directory
@@ -34,8 +35,8 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{Backend, list_ids};
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
-use crate::format::{BlobType, IndexFile, PackBlob, aad, names, open_object};
-use crate::id::{BlobId, IndexId, PackId};
+use crate::format::{BlobType, IndexFile, PackBlob, Snapshot, Timestamp, aad, names, open_object};
+use crate::id::{BlobId, IndexId, PackId, SnapshotId};
 
 /// Where a blob is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +45,29 @@ pub struct BlobLocation {
     pub offset: u64,
     pub length: u32,
     pub raw_length: u32,
+}
+
+/// What a backup's search for its parent snapshot needs of a snapshot, kept by id so
+/// that the search does not read and open every snapshot each time. A snapshot never
+/// changes (its id is the hash of its bytes), so neither does this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotHead {
+    pub time: Timestamp,
+    pub host: String,
+    pub paths: Vec<String>,
+    /// A stream's snapshot (`--stdin`, `--stdin-from-command`).
+    pub stream: bool,
+}
+
+impl SnapshotHead {
+    pub fn of(s: &Snapshot) -> Self {
+        SnapshotHead {
+            time: s.time,
+            host: s.host.clone(),
+            paths: s.paths.clone(),
+            stream: s.stream.is_some(),
+        }
+    }
 }
 
 /// Counts from a sync with `index/`.
@@ -237,6 +261,23 @@ impl IndexCache {
             .get_pinned(complete_key(id))
             .map_err(|e| cache_err(&self.path, e))?
             .is_some())
+    }
+
+    /// The head of a snapshot seen before (`None` also for an entry this cairn cannot
+    /// read: the snapshot is read again).
+    pub fn snapshot_head(&self, id: &SnapshotId) -> Result<Option<SnapshotHead>> {
+        Ok(self
+            .db
+            .get_pinned(id_key(b's', id.as_bytes()))
+            .map_err(|e| cache_err(&self.path, e))?
+            .and_then(|v| postcard::from_bytes(&v).ok()))
+    }
+
+    pub fn put_snapshot_head(&self, id: &SnapshotId, head: &SnapshotHead) -> Result<()> {
+        let v = postcard::to_stdvec(head).expect("a snapshot head encodes");
+        self.db
+            .put_opt(id_key(b's', id.as_bytes()), v, &write_options())
+            .map_err(|e| cache_err(&self.path, e))
     }
 
     /// How many times this process cleared the `b` space. A caller reads it before it

@@ -26,7 +26,7 @@ use crate::format::{
 };
 use crate::id::{BlobId, IndexId, KeyId, PackId, SnapshotId};
 
-pub use index::{BlobLocation, IndexCache, SyncStats, read_deletion};
+pub use index::{BlobLocation, IndexCache, SnapshotHead, SyncStats, read_deletion};
 pub use keys::KeyInfo;
 pub use lock::{Announcement, Locks, OpState, OpStatus, REFRESH, STALE_AFTER};
 pub use writer::{BlobWriter, WriteStats};
