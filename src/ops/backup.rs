@@ -619,6 +619,19 @@ fn finish_tree(
     // tree, whose id is known without encoding and hashing this one.
     let same = parent.is_some_and(|(_, n)| n == entries.len()) && entries.iter().all(|e| e.same);
     let parent = parent.map(|(id, _)| id);
+    let unmodified = |entries: &[Entry]| {
+        for e in entries {
+            if let State::Unchecked(meta) = &e.state {
+                count_unmodified(ctx, meta.size);
+            }
+        }
+    };
+    if let Some(id) = parent.filter(|_| same) {
+        if ctx.repo.index().tree_complete(&id)? {
+            unmodified(&entries);
+            return Ok((id, true));
+        }
+    }
     entries.sort_by(|a, b| a.node.name.cmp(&b.node.name));
     let (nodes, states): (Vec<Node>, Vec<State>) =
         entries.into_iter().map(|e| (e.node, e.state)).unzip();
@@ -630,7 +643,7 @@ fn finish_tree(
             (ctx.repo.key().blob_id(&bytes), Some(bytes))
         }
     };
-    if parent == Some(id) && ctx.repo.index().tree_complete(&id)? {
+    if !same && parent == Some(id) && ctx.repo.index().tree_complete(&id)? {
         for s in &states {
             if let State::Unchecked(meta) = s {
                 count_unmodified(ctx, meta.size);
@@ -639,8 +652,8 @@ fn finish_tree(
         return Ok((id, true));
     }
     // Check the reused files' blobs; read again those with a blob the index lacks.
-    let outcomes: Vec<Outcome> = tree
-        .nodes
+    let mut checked = Vec::with_capacity(states.len());
+    tree.nodes
         .par_iter_mut()
         .zip(states.par_iter())
         .map(|(node, state)| match state {
@@ -649,7 +662,8 @@ fn finish_tree(
             }),
             State::Unchecked(meta) => check_reused(ctx, dir, node, meta),
         })
-        .collect::<Result<_>>()?;
+        .collect_into_vec(&mut checked);
+    let outcomes: Vec<Outcome> = checked.into_iter().collect::<Result<_>>()?;
     let mut complete = true;
     let mut changed = false;
     for o in &outcomes {
@@ -898,8 +912,9 @@ fn backup_dir_contents(
         .collect();
     drop(pnodes);
     let fd = dir.fd();
-    let entries: Vec<Option<Entry>> = work
-        .into_par_iter()
+    // Collected in place (an indexed iterator), then the first error is taken.
+    let mut done = Vec::with_capacity(work.len());
+    work.into_par_iter()
         .map(|(i, p)| {
             let (n, c) = names.get(i);
             if ctx.select.excludes_any() && ctx.select.excluded(&path.join(n)) {
@@ -908,13 +923,12 @@ fn backup_dir_contents(
             let meta = Meta::at(fd, c);
             backup_entry(ctx, fd, c, path, n, p, dev, Some(meta))
         })
-        .collect::<Result<_>>()?;
-    finish_tree(
-        ctx,
-        path,
-        entries.into_iter().flatten().collect(),
-        parent_of,
-    )
+        .collect_into_vec(&mut done);
+    let mut entries = Vec::with_capacity(done.len());
+    for e in done {
+        entries.extend(e?);
+    }
+    finish_tree(ctx, path, entries, parent_of)
 }
 
 /// Store a file's content; its blobs and length. `Ok(None)` when it could not be read

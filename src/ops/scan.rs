@@ -184,10 +184,8 @@ impl Dir {
                 parse_dirents(&buf[..n as usize], &mut names);
             }
         });
-        let mut order: Vec<usize> = (0..names.spans.len()).collect();
-        let name = |&(s, l): &(usize, usize)| &names.bytes[s..s + l];
-        order.sort_unstable_by(|&a, &b| name(&names.spans[a]).cmp(name(&names.spans[b])));
-        names.spans = order.into_iter().map(|i| names.spans[i]).collect();
+        let Names { bytes, spans } = &mut names;
+        spans.sort_unstable_by(|&(a, al), &(b, bl)| bytes[a..a + al].cmp(&bytes[b..b + bl]));
         (names, err)
     }
 
