@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::ffi::{CStr, OsStr};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -134,7 +134,8 @@ impl Names {
 thread_local! {
     /// The buffer `getdents64` fills, one per thread (a listing is read whole before
     /// anything below it is).
-    static DENTS: RefCell<Vec<u8>> = RefCell::new(vec![0; 32 << 10]);
+    static DENTS: RefCell<Vec<std::mem::MaybeUninit<u8>>> =
+        RefCell::new(vec![std::mem::MaybeUninit::uninit(); 32 << 10]);
 }
 
 impl Dir {
@@ -164,25 +165,19 @@ impl Dir {
         };
         let err = DENTS.with(|buf| {
             let mut buf = buf.borrow_mut();
-            loop {
-                // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`, which
-                // is borrowed mutably for the call; the descriptor is open.
-                let n = unsafe {
-                    libc::syscall(
-                        libc::SYS_getdents64,
-                        self.fd.as_raw_fd(),
-                        buf.as_mut_ptr(),
-                        buf.len(),
-                    )
+            let mut dir = rustix::fs::RawDir::new(self.fd.as_fd(), &mut buf[..]);
+            while let Some(entry) = dir.next() {
+                let entry = match entry {
+                    Ok(e) => e,
+                    Err(e) => return Some(io::Error::from(e)),
                 };
-                if n < 0 {
-                    return Some(io::Error::last_os_error());
+                let name = entry.file_name().to_bytes_with_nul();
+                if name != b".\0" && name != b"..\0" && name.len() > 1 {
+                    names.spans.push((names.bytes.len(), name.len() - 1));
+                    names.bytes.extend_from_slice(name);
                 }
-                if n == 0 {
-                    return None;
-                }
-                parse_dirents(&buf[..n as usize], &mut names);
             }
+            None
         });
         let Names { bytes, spans } = &mut names;
         spans.sort_unstable_by(|&(a, al), &(b, bl)| bytes[a..a + al].cmp(&bytes[b..b + bl]));
@@ -211,27 +206,6 @@ impl Dir {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
-    }
-}
-
-/// Append the names of the `linux_dirent64` records in `buf` (u64 inode, i64 offset,
-/// u16 record length, u8 type, NUL-terminated name) to `names`, skipping `.` and `..`.
-fn parse_dirents(buf: &[u8], names: &mut Names) {
-    let mut at = 0;
-    while at + 19 < buf.len() {
-        let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
-        if reclen == 0 || at + reclen > buf.len() {
-            break;
-        }
-        let rec = &buf[at + 19..at + reclen];
-        let len = rec.iter().position(|&b| b == 0).unwrap_or(rec.len());
-        let name = &rec[..len];
-        if name != b"." && name != b".." && !name.is_empty() {
-            names.spans.push((names.bytes.len(), len));
-            names.bytes.extend_from_slice(name);
-            names.bytes.push(0);
-        }
-        at += reclen;
     }
 }
 
