@@ -1150,20 +1150,10 @@ fn same_node(new: &Node, old: &Node) -> bool {
 }
 
 fn read_xattrs(path: &Path) -> Vec<Xattr> {
-    let Ok(names) = xattr::list(path) else {
-        return Vec::new();
-    };
-    let mut out: Vec<Xattr> = names
-        .filter_map(|n| {
-            let value = xattr::get(path, &n).ok()??;
-            Some(Xattr {
-                name: n.as_bytes().to_vec(),
-                value,
-            })
-        })
-        .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
+    match xattr::list(path) {
+        Ok(names) => super::scan::collect_xattrs(names, |n| xattr::get(path, n)),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Back up a stream as one file under `name`, with synthetic parent directories.

@@ -192,21 +192,30 @@ impl Dir {
             return Vec::new();
         };
         let f = std::fs::File::from(fd);
-        let Ok(list) = f.list_xattr() else {
-            return Vec::new();
-        };
-        let mut out: Vec<Xattr> = list
-            .filter_map(|n| {
-                let value = f.get_xattr(&n).ok()??;
-                Some(Xattr {
-                    name: n.as_bytes().to_vec(),
-                    value,
-                })
-            })
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+        match f.list_xattr() {
+            Ok(names) => collect_xattrs(names, |n| f.get_xattr(n)),
+            Err(_) => Vec::new(),
+        }
     }
+}
+
+/// The attributes `names` lists with the values `get` reads, sorted by name; one that
+/// vanished or cannot be read in between is left out.
+pub(super) fn collect_xattrs(
+    names: impl Iterator<Item = std::ffi::OsString>,
+    get: impl Fn(&OsStr) -> io::Result<Option<Vec<u8>>>,
+) -> Vec<Xattr> {
+    let mut out: Vec<Xattr> = names
+        .filter_map(|n| {
+            let value = get(&n).ok()??;
+            Some(Xattr {
+                name: n.as_bytes().to_vec(),
+                value,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 #[cfg(test)]
