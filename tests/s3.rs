@@ -50,6 +50,17 @@ fn tree(root: &Path, files: u64, size: usize) {
     }
 }
 
+/// Restore the latest snapshot into `tmp/out` and compare it with `src`.
+fn restore_latest_matches(server: &S3Server, url: &str, tmp: &Path, src: &Path) {
+    let target = tmp.join("out");
+    cmd(server, url, "cairn-full", tmp)
+        .args(["restore", "latest", "--target"])
+        .arg(&target)
+        .assert()
+        .success();
+    assert_same_tree(src, &target.join(src.strip_prefix("/").unwrap()));
+}
+
 fn init(server: &S3Server, url: &str, tmp: &Path) {
     cmd(server, url, "cairn-full", tmp)
         .args(["init", "--kdf-memory-kib", "1024", "--pack-size-mib", "1"])
@@ -212,13 +223,7 @@ fn throttling_and_resets_are_retried_and_counted() {
     );
     server.faults.fail_every.store(0, Ordering::Relaxed);
     server.faults.reset_every.store(0, Ordering::Relaxed);
-    let target = tmp.path().join("out");
-    cmd(&server, &url, "cairn-full", tmp.path())
-        .args(["restore", "latest", "--target"])
-        .arg(&target)
-        .assert()
-        .success();
-    assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
+    restore_latest_matches(&server, &url, tmp.path(), &src);
 }
 
 #[test]
@@ -278,13 +283,7 @@ fn server_stopped_mid_backup_then_rerun_reuses_uploads() {
         redone * 10 <= uploaded,
         "rerun stored {again} bytes; {redone} of the {uploaded} already uploaded were uploaded again"
     );
-    let target = tmp.path().join("out");
-    cmd(&server, &url, "cairn-full", tmp.path())
-        .args(["restore", "latest", "--target"])
-        .arg(&target)
-        .assert()
-        .success();
-    assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
+    restore_latest_matches(&server, &url, tmp.path(), &src);
 }
 
 /// Packs larger than twice the part size go up as multipart uploads; the repository
@@ -312,13 +311,7 @@ fn large_packs_go_up_in_parts_and_read_back() {
     let puts = s["requests"]["puts"].as_u64().unwrap();
     assert!(packs >= 2, "{s}");
     assert!(puts >= packs + 4, "{s}");
-    let target = tmp.path().join("out");
-    cmd(&server, &url, "cairn-full", tmp.path())
-        .args(["restore", "latest", "--target"])
-        .arg(&target)
-        .assert()
-        .success();
-    assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
+    restore_latest_matches(&server, &url, tmp.path(), &src);
     cmd(&server, &url, "cairn-full", tmp.path())
         .args(["check", "--read-data"])
         .assert()

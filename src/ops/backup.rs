@@ -539,7 +539,7 @@ fn backup_vdir(
                 };
                 // `p` is `real/name`: the virtual directories are its components.
                 let at = nix::fcntl::AT_FDCWD;
-                if let Some(e) = backup_entry(ctx, at, &abs, real, name_os, pnode, dev, None)? {
+                if let Some(e) = backup_entry(ctx, at, &abs, real, name_os, pnode, dev)? {
                     entries.push(e);
                 }
             }
@@ -619,16 +619,9 @@ fn finish_tree(
     // tree, whose id is known without encoding and hashing this one.
     let same = parent.is_some_and(|(_, n)| n == entries.len()) && entries.iter().all(|e| e.same);
     let parent = parent.map(|(id, _)| id);
-    let unmodified = |entries: &[Entry]| {
-        for e in entries {
-            if let State::Unchecked(meta) = &e.state {
-                count_unmodified(ctx, meta.size);
-            }
-        }
-    };
     if let Some(id) = parent.filter(|_| same) {
         if ctx.repo.index().tree_complete(&id)? {
-            unmodified(&entries);
+            count_reused(ctx, entries.iter().map(|e| &e.state));
             return Ok((id, true));
         }
     }
@@ -644,11 +637,7 @@ fn finish_tree(
         }
     };
     if !same && parent == Some(id) && ctx.repo.index().tree_complete(&id)? {
-        for s in &states {
-            if let State::Unchecked(meta) = s {
-                count_unmodified(ctx, meta.size);
-            }
-        }
+        count_reused(ctx, &states);
         return Ok((id, true));
     }
     // Check the reused files' blobs; read again those with a blob the index lacks.
@@ -690,6 +679,16 @@ fn finish_tree(
     }
     let bytes = bytes.unwrap_or_else(|| tree.encode());
     Ok((ctx.w.add(BlobType::Tree, &bytes)?.0, false))
+}
+
+/// Count the files reused unchecked from the parent as unmodified (their directory's
+/// tree is marked complete).
+fn count_reused<'a>(ctx: &Ctx, states: impl IntoIterator<Item = &'a State>) {
+    for s in states {
+        if let State::Unchecked(meta) = s {
+            count_unmodified(ctx, meta.size);
+        }
+    }
 }
 
 /// What became of an entry when its directory was finished.
@@ -749,8 +748,7 @@ fn count_unmodified(ctx: &Ctx, len: u64) {
 /// The entry is `rel` under `at` (its name in the open directory, or its absolute path
 /// with `AT_FDCWD`). `parent` is the same entry in the parent snapshot, taken: an
 /// unchanged file's node is the parent's, brought up to date. `dev` is the source's file
-/// system; `meta` the entry's metadata when the caller has it.
-#[allow(clippy::too_many_arguments)]
+/// system.
 fn backup_entry(
     ctx: &Ctx,
     at: BorrowedFd<'_>,
@@ -759,9 +757,8 @@ fn backup_entry(
     name: &OsStr,
     parent: Option<Node>,
     dev: u64,
-    meta: Option<std::io::Result<Meta>>,
 ) -> Result<Option<Entry>> {
-    let meta = match meta.unwrap_or_else(|| Meta::at(at, rel)) {
+    let meta = match Meta::at(at, rel) {
         Ok(m) => m,
         Err(e) => {
             ctx.problem(&dir.join(name), format!("cannot stat: {e}"));
@@ -920,8 +917,7 @@ fn backup_dir_contents(
             if ctx.select.excludes_any() && ctx.select.excluded(&path.join(n)) {
                 return Ok(None);
             }
-            let meta = Meta::at(fd, c);
-            backup_entry(ctx, fd, c, path, n, p, dev, Some(meta))
+            backup_entry(ctx, fd, c, path, n, p, dev)
         })
         .collect_into_vec(&mut done);
     let mut entries = Vec::with_capacity(done.len());
