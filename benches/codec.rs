@@ -5,7 +5,7 @@
 
 use std::hint::black_box;
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::aead::{AeadInOut, KeyInit};
 use cairn::chunker;
 use cairn::crypto::MasterKey;
 use cairn::format::{self, BlobType, ChunkerParams, PackBlob, PackHeader};
@@ -78,7 +78,7 @@ fn stages(c: &mut Criterion) {
         b.iter(|| {
             black_box(
                 cipher
-                    .encrypt_in_place_detached(&[0u8; 12].into(), b"ad", &mut buf)
+                    .encrypt_inout_detached(&[0u8; 12].into(), b"ad", buf.as_mut_slice().into())
                     .unwrap(),
             )
         })

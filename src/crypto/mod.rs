@@ -7,7 +7,7 @@
 
 pub mod kdf;
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -98,7 +98,7 @@ pub fn seal_with(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&nonce);
     out.extend_from_slice(plaintext);
     let tag = cipher
-        .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut out[NONCE_LEN..])
+        .encrypt_inout_detached(&Nonce::from(nonce), aad, (&mut out[NONCE_LEN..]).into())
         .expect("AES-GCM encrypts any message shorter than 64 GiB");
     out.extend_from_slice(&tag);
     out
@@ -110,15 +110,15 @@ pub fn open_with(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, O
         return Err(OpenError);
     }
     let cipher = Aes256Gcm::new(key.into());
-    let (nonce, rest) = sealed.split_at(NONCE_LEN);
-    let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
+    let (nonce, rest) = sealed.split_first_chunk::<NONCE_LEN>().ok_or(OpenError)?;
+    let (body, tag) = rest.split_last_chunk::<TAG_LEN>().ok_or(OpenError)?;
     let mut buf = body.to_vec();
     cipher
-        .decrypt_in_place_detached(
-            Nonce::from_slice(nonce),
+        .decrypt_inout_detached(
+            &Nonce::from(*nonce),
             aad,
-            &mut buf,
-            Tag::from_slice(tag),
+            buf.as_mut_slice().into(),
+            &Tag::from(*tag),
         )
         .map_err(|_| OpenError)?;
     Ok(buf)
