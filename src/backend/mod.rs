@@ -14,11 +14,16 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 
 use crate::error::{Error, Result};
 
 pub use object::{Multipart, ObjectStoreBackend};
 pub use s3::{RequestStats, S3Options};
+
+/// The pieces of a ranged read, as they arrive.
+pub type ByteStream = BoxStream<'static, Result<Bytes>>;
 
 /// An object's name and size as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +76,21 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// `range` of the object; [`Error::NotFound`] when absent. A range past the end is an
     /// error, not a short read.
     async fn get_range(&self, name: &str, range: Range<u64>) -> Result<Bytes>;
+
+    /// `range` of the object in pieces as they arrive, so a reader can work on the first
+    /// blobs while the rest comes and need not hold the whole range. The pieces together
+    /// are the range unless the object is shorter (the reader checks). The default
+    /// reads the range whole, as one piece.
+    async fn get_range_stream(&self, name: &str, range: Range<u64>) -> Result<ByteStream> {
+        let b = self.get_range(name, range).await?;
+        Ok(futures::stream::once(async { Ok(b) }).boxed())
+    }
+
+    /// How many [`Backend::get_range_stream`] reads a restore keeps open, given
+    /// `--connections`.
+    fn ranged_reads_in_flight(&self, connections: usize) -> usize {
+        connections
+    }
 
     /// Size of the object, `None` when absent.
     async fn head(&self, name: &str) -> Result<Option<u64>>;

@@ -3,8 +3,9 @@
 //! Plan first: the blobs the files need are grouped by pack, each blob once however many
 //! files (or places in a file) use it, and neighbouring blobs of a pack are merged into
 //! one ranged read (gaps up to [`MAX_GAP`], reads up to [`MAX_RANGE`]). Then the reads
-//! run concurrently (`connections` at a time); each read's blobs are opened and checked
-//! on rayon and written at their offsets. Files are planned in batches of at most
+//! run concurrently (as many as the backend keeps in flight for `--connections`); as a
+//! read's bytes arrive, each blob they complete is opened and checked on rayon and
+//! written at its offsets. Files are planned in batches of at most
 //! [`BATCH_BLOBS`] blob uses, so memory stays bounded whatever the snapshot's size.
 
 use std::collections::HashMap;
@@ -14,9 +15,11 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::BytesMut;
 use futures::StreamExt;
 
 use super::super::{Problem, on_rayon};
+use crate::backend::ByteStream;
 use crate::error::{Error, Result};
 use crate::format::{self, BlobType, names};
 use crate::id::{BlobId, PackId};
@@ -179,14 +182,14 @@ fn execute(
     report: Report,
     stats: &ContentStats,
 ) {
-    let conns = repo.options().connections.max(1);
+    let backend = repo.backend();
+    let in_flight = backend.ranged_reads_in_flight(repo.options().connections.max(1));
     repo.block_on(
         futures::stream::iter(ranges)
             .map(|r| async move {
                 let name = names::pack(&r.pack);
-                let fetched = repo.backend().get_range(&name, r.start..r.end).await;
-                let bytes = match fetched {
-                    Ok(b) => b,
+                let pieces = match backend.get_range_stream(&name, r.start..r.end).await {
+                    Ok(p) => p,
                     // A prune beside us moved these blobs: fetch each where it is now.
                     Err(Error::NotFound { .. }) => {
                         for (j, message) in refetch(repo, r, files, stats).await {
@@ -204,21 +207,97 @@ fn execute(
                     }
                 };
                 stats.requests.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .bytes_fetched
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                let (key, files) = (repo.key().clone(), files.clone());
-                let (errors, written, blobs) =
-                    on_rayon(move || write_range(&key, &name, r, &bytes, &files)).await;
-                stats.bytes_written.fetch_add(written, Ordering::Relaxed);
-                stats.blobs.fetch_add(blobs, Ordering::Relaxed);
-                for (j, message) in errors {
+                for (j, message) in write_as_it_arrives(repo, &name, r, pieces, files, stats).await
+                {
                     report(j, message);
                 }
             })
-            .buffer_unordered(conns)
+            .buffer_unordered(in_flight)
             .collect::<()>(),
     );
+}
+
+/// Write the blobs of range `r` as its bytes arrive: whenever the bytes read so far
+/// complete one or more blobs, those are opened and written (on rayon), so at most
+/// about one blob of the range is held. Returns the problems, per job.
+async fn write_as_it_arrives(
+    repo: &IndexedRepository,
+    name: &str,
+    r: Range,
+    mut pieces: ByteStream,
+    files: &Arc<Vec<(PathBuf, bool)>>,
+    stats: &ContentStats,
+) -> Vec<(usize, String)> {
+    let mut errors = Vec::new();
+    let mut wants = r.wants.into_iter().peekable();
+    // Bytes received but not yet used; they start at pack offset `at`.
+    let mut tail = BytesMut::new();
+    let mut at = r.start;
+    let mut failure = None;
+    while let Some(piece) = pieces.next().await {
+        let piece = match piece {
+            Ok(p) => p,
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
+        };
+        stats
+            .bytes_fetched
+            .fetch_add(piece.len() as u64, Ordering::Relaxed);
+        let have = at + (tail.len() + piece.len()) as u64;
+        let Some(next_end) = wants.peek().map(|w| w.offset + w.length as u64) else {
+            break;
+        };
+        if next_end > have {
+            tail.extend_from_slice(&piece);
+            continue;
+        }
+        // A whole piece (a local read is one) is used without a copy.
+        let mut data = if tail.is_empty() {
+            piece
+        } else {
+            tail.extend_from_slice(&piece);
+            tail.split().freeze()
+        };
+        let mut ready = Vec::new();
+        while let Some(w) = wants.next_if(|w| w.offset + w.length as u64 <= have) {
+            ready.push(w);
+        }
+        let end = ready.last().map_or(at, |w| w.offset + w.length as u64);
+        let bytes = data.split_to((end - at) as usize);
+        tail.extend_from_slice(&data);
+        let part = Range {
+            pack: r.pack,
+            start: at,
+            end,
+            wants: ready,
+        };
+        at = end;
+        let (key, files, name) = (repo.key().clone(), files.clone(), name.to_string());
+        let (errs, written, blobs) =
+            on_rayon(move || write_range(&key, &name, part, &bytes, &files)).await;
+        stats.bytes_written.fetch_add(written, Ordering::Relaxed);
+        stats.blobs.fetch_add(blobs, Ordering::Relaxed);
+        errors.extend(errs);
+    }
+    if wants.peek().is_some() {
+        let reason = failure.unwrap_or_else(|| {
+            format!(
+                "{name} ended at byte {}, before byte {} (object truncated?)",
+                at + tail.len() as u64,
+                r.end
+            )
+        });
+        for w in wants {
+            errors.extend(
+                w.targets
+                    .iter()
+                    .map(|(j, _)| (*j, format!("{reason} (blob {})", w.id))),
+            );
+        }
+    }
+    errors
 }
 
 /// Fetch the blobs of a range whose pack is gone from where the re-read index places
