@@ -40,7 +40,8 @@ pub struct Global {
     /// Local cache directory (default: $XDG_CACHE_HOME/cairn).
     #[arg(long, env = "CAIRN_CACHE_DIR", global = true)]
     pub cache_dir: Option<PathBuf>,
-    /// Concurrent requests to the repository.
+    /// Concurrent requests to the repository (uploads in flight; a restore from S3 keeps
+    /// four streamed reads open per connection).
     #[arg(long, default_value_t = 4, global = true, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub connections: u16,
     /// Print results as JSON.
