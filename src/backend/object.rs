@@ -42,7 +42,7 @@ pub struct Multipart {
 const PARTS_IN_FLIGHT: usize = 2;
 
 /// Streamed ranged reads kept in flight per `--connections` on a remote store. A reader
-/// holds about one blob of each, not the whole range, so more of them cost little
+/// holds about 1 MiB of each, not the whole range, so more of them cost little
 /// memory; and servers that read an object in small pieces (s3s-fs reads 4 KiB at a
 /// time) serve each request at a capped rate, so a restore goes as fast as it has
 /// requests open.

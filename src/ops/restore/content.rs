@@ -29,6 +29,8 @@ use crate::repository::IndexedRepository;
 const MAX_GAP: u64 = 32 << 10;
 /// Largest single ranged read.
 const MAX_RANGE: u64 = 4 << 20;
+/// Bytes of a streamed read collected before its complete blobs are opened and written.
+const WRITE_BATCH: u64 = 1 << 20;
 /// Blob uses planned at once.
 const BATCH_BLOBS: usize = 50_000;
 
@@ -217,9 +219,9 @@ fn execute(
     );
 }
 
-/// Write the blobs of range `r` as its bytes arrive: whenever the bytes read so far
-/// complete one or more blobs, those are opened and written (on rayon), so at most
-/// about one blob of the range is held. Returns the problems, per job.
+/// Write the blobs of range `r` as its bytes arrive: whenever [`WRITE_BATCH`] bytes have
+/// come, the blobs they complete are opened and written (on rayon), so a read holds
+/// about that much, not the whole range. Returns the problems, per job.
 async fn write_as_it_arrives(
     repo: &IndexedRepository,
     name: &str,
@@ -246,10 +248,9 @@ async fn write_as_it_arrives(
             .bytes_fetched
             .fetch_add(piece.len() as u64, Ordering::Relaxed);
         let have = at + (tail.len() + piece.len()) as u64;
-        let Some(next_end) = wants.peek().map(|w| w.offset + w.length as u64) else {
-            break;
-        };
-        if next_end > have {
+        // Collect a batch before handing it to rayon: one hand-off per blob would cost
+        // more in wake-ups than the blob costs to open.
+        if have < r.end && have - at < WRITE_BATCH {
             tail.extend_from_slice(&piece);
             continue;
         }
@@ -264,7 +265,10 @@ async fn write_as_it_arrives(
         while let Some(w) = wants.next_if(|w| w.offset + w.length as u64 <= have) {
             ready.push(w);
         }
-        let end = ready.last().map_or(at, |w| w.offset + w.length as u64);
+        let Some(end) = ready.last().map(|w| w.offset + w.length as u64) else {
+            tail.extend_from_slice(&data);
+            continue;
+        };
         let bytes = data.split_to((end - at) as usize);
         tail.extend_from_slice(&data);
         let part = Range {
