@@ -94,14 +94,7 @@ fn password_file_and_command_work() {
 
 /// Find the index entry of the data blob whose plaintext is `len` bytes long.
 fn blob_with_raw_length(repo: &Repo, len: u64) -> (String, u64, u64) {
-    for e in std::fs::read_dir(repo.path.join("index")).unwrap() {
-        let out = repo
-            .cmd()
-            .args(["cat", "index"])
-            .arg(e.unwrap().file_name())
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for v in repo.index_files_json() {
         for p in v["packs"].as_array().unwrap() {
             for b in p["blobs"].as_array().unwrap() {
                 if b["raw_length"] == len && b["ty"] == "Data" {

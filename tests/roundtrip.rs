@@ -158,21 +158,8 @@ fn cat_shows_every_object_kind() {
     let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(t[0]["name"], "tmp");
 
-    // A slow backup may index its data pack and its tree pack in separate files (one is
-    // written every few seconds), so read them all.
-    let indexes: Vec<serde_json::Value> = std::fs::read_dir(repo.path.join("index"))
-        .unwrap()
-        .map(|e| {
-            let out = repo
-                .cmd()
-                .args(["cat", "index"])
-                .arg(e.unwrap().file_name())
-                .output()
-                .unwrap();
-            assert!(out.status.success());
-            serde_json::from_slice(&out.stdout).unwrap()
-        })
-        .collect();
+    // A slow backup may index its data pack and its tree pack in separate files.
+    let indexes = repo.index_files_json();
     assert!(!indexes.is_empty());
     let packs: Vec<serde_json::Value> = indexes
         .iter()

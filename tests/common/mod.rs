@@ -117,6 +117,28 @@ impl Repo {
         walk(&self.path.join(folder))
     }
 
+    /// Every index file, as `cairn cat index` prints it. A backup may write several
+    /// (one every few seconds while packs arrive slowly).
+    pub fn index_files_json(&self) -> Vec<serde_json::Value> {
+        std::fs::read_dir(self.path.join("index"))
+            .unwrap()
+            .map(|e| {
+                let out = self
+                    .cmd()
+                    .args(["cat", "index"])
+                    .arg(e.unwrap().file_name())
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                serde_json::from_slice(&out.stdout).unwrap()
+            })
+            .collect()
+    }
+
     /// Every pack file in the repository.
     pub fn packs(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
