@@ -123,16 +123,10 @@ impl Repo {
         std::fs::read_dir(self.path.join("index"))
             .unwrap()
             .map(|e| {
-                let out = self
-                    .cmd()
-                    .args(["cat", "index"])
-                    .arg(e.unwrap().file_name())
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
+                let out = run_ok(
+                    self.cmd()
+                        .args(["cat", "index"])
+                        .arg(e.unwrap().file_name()),
                 );
                 serde_json::from_slice(&out.stdout).unwrap()
             })
