@@ -1073,42 +1073,26 @@ fn refresh_node(ctx: &Ctx, node: &mut Node, m: &Meta) -> bool {
         NodeKind::File { .. } => m.size,
         _ => 0,
     };
-    let fresh = (
-        size,
-        m.mode & 0o7777,
-        m.uid,
-        m.gid,
-        m.mtime,
-        m.ctime,
-        m.ino,
-        m.dev,
-        m.nlink,
-    );
-    let old = (
-        node.size,
-        node.mode,
-        node.uid,
-        node.gid,
-        node.mtime,
-        node.ctime,
-        node.inode,
-        node.device,
-        node.links,
-    );
-    (
-        node.size,
-        node.mode,
-        node.uid,
-        node.gid,
-        node.mtime,
-        node.ctime,
-        node.inode,
-        node.device,
-        node.links,
-    ) = fresh;
+    let old = stat_fields(node);
+    node.size = size;
+    node.mode = m.mode & 0o7777;
+    node.uid = m.uid;
+    node.gid = m.gid;
+    node.mtime = m.mtime;
+    node.ctime = m.ctime;
+    node.inode = m.ino;
+    node.device = m.dev;
+    node.links = m.nlink;
     let same_user = ctx.names.set_user(&mut node.user, m.uid);
     let same_group = ctx.names.set_group(&mut node.group, m.gid);
-    fresh == old && same_user && same_group
+    stat_fields(node) == old && same_user && same_group
+}
+
+/// The fields of a node that come from its `stat`, to compare.
+fn stat_fields(n: &Node) -> impl PartialEq + use<> {
+    (
+        n.size, n.mode, n.uid, n.gid, n.mtime, n.ctime, n.inode, n.device, n.links,
+    )
 }
 
 /// Is `new` the parent's node `old` (their names aside, which are equal)?
