@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{Repo, free_port};
+use crate::common::{Repo, free_port, succeeded};
 
 struct Etcd {
     child: Child,
@@ -101,16 +101,13 @@ fn etcd_snapshot_backed_up_checked_restored_and_served() {
         assert!(ok.success());
     }
     let snap_file = tmp.path().join("snapshot.db");
-    let out = ctl(&src)
-        .arg("snapshot")
-        .arg("save")
-        .arg(&snap_file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeded(
+        ctl(&src)
+            .arg("snapshot")
+            .arg("save")
+            .arg(&snap_file)
+            .output()
+            .unwrap(),
     );
     let want = all_keys(&src);
     drop(src);
@@ -146,25 +143,22 @@ fn etcd_snapshot_backed_up_checked_restored_and_served() {
     let new_data = tmp.path().join("new.etcd");
     let peer = free_port();
     let peer_url = format!("http://127.0.0.1:{peer}");
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["snapshot", "restore"])
-        .arg(&restored)
-        .arg("--data-dir")
-        .arg(&new_data)
-        .args([
-            "--name",
-            "new",
-            "--initial-cluster",
-            &format!("new={peer_url}"),
-        ])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeded(
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore"])
+            .arg(&restored)
+            .arg("--data-dir")
+            .arg(&new_data)
+            .args([
+                "--name",
+                "new",
+                "--initial-cluster",
+                &format!("new={peer_url}"),
+            ])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .output()
+            .unwrap(),
     );
     let new = start(&new_data, "new", peer);
     assert_eq!(all_keys(&new), want);

@@ -148,7 +148,11 @@ impl Repo {
 
 /// Run a command that must succeed; its stderr is shown when it does not.
 pub fn run_ok(cmd: &mut Command) -> std::process::Output {
-    let out = cmd.output().unwrap();
+    succeeded(cmd.output().unwrap())
+}
+
+/// `out` of a command that must have succeeded; its stderr is shown when it did not.
+pub fn succeeded(out: std::process::Output) -> std::process::Output {
     assert!(
         out.status.success(),
         "{}",
