@@ -83,25 +83,41 @@ impl MasterKey {
         seal_with(&self.data, aad, plaintext)
     }
 
+    /// Seal `buf[SEAL_PREFIX..]` where it lies: the nonce is written over the first
+    /// [`SEAL_PREFIX`] bytes and the tag appended, giving what [`MasterKey::seal`] gives
+    /// for that plaintext. Reserve the tag's 16 bytes to spare a reallocation.
+    pub fn seal_in_place(&self, aad: &[u8], buf: &mut Vec<u8>) {
+        seal_in_place_with(&self.data, aad, buf)
+    }
+
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
         open_with(&self.data, aad, sealed)
     }
 }
 
+/// The bytes in front of the ciphertext of a sealed message (its nonce).
+pub const SEAL_PREFIX: usize = NONCE_LEN;
+
 /// Seal `plaintext` under `key` with a fresh random nonce.
 pub fn seal_with(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
+    out.extend_from_slice(&[0; NONCE_LEN]);
+    out.extend_from_slice(plaintext);
+    seal_in_place_with(key, aad, &mut out);
+    out
+}
+
+fn seal_in_place_with(key: &[u8; 32], aad: &[u8], buf: &mut Vec<u8>) {
     use rand::RngCore;
+    assert!(buf.len() >= NONCE_LEN, "no room for the nonce in front");
     let cipher = Aes256Gcm::new(key.into());
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(plaintext);
+    buf[..NONCE_LEN].copy_from_slice(&nonce);
     let tag = cipher
-        .encrypt_inout_detached(&Nonce::from(nonce), aad, (&mut out[NONCE_LEN..]).into())
+        .encrypt_inout_detached(&Nonce::from(nonce), aad, (&mut buf[NONCE_LEN..]).into())
         .expect("AES-GCM encrypts any message shorter than 64 GiB");
-    out.extend_from_slice(&tag);
-    out
+    buf.extend_from_slice(&tag);
 }
 
 /// Open a message made by [`seal_with`]; fails on any change to it or to `aad`.
@@ -144,7 +160,7 @@ mod tests {
             let k = MasterKey::random();
             let sealed = k.seal(&aad, &data);
             prop_assert_eq!(sealed.len(), data.len() + SEAL_OVERHEAD);
-            prop_assert_eq!(k.open(&aad, &sealed).unwrap(), data);
+            prop_assert_eq!(k.open(&aad, &sealed).unwrap(), &data[..]);
             // Any flipped bit is detected.
             let mut bad = sealed.clone();
             let i = flip.index(bad.len());
@@ -156,6 +172,12 @@ mod tests {
             prop_assert!(k.open(&aad2, &sealed).is_err());
             // Another key cannot open it.
             prop_assert!(MasterKey::random().open(&aad, &sealed).is_err());
+            // Sealed where it lies, whatever was in the nonce's place: the same format.
+            let mut buf = vec![0xaa; SEAL_PREFIX];
+            buf.extend_from_slice(&data);
+            k.seal_in_place(&aad, &mut buf);
+            prop_assert_eq!(buf.len(), sealed.len());
+            prop_assert_eq!(k.open(&aad, &buf).unwrap(), data);
         }
     }
 }

@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{aad, compress, decompress};
-use crate::crypto::MasterKey;
+use super::{aad, compress_into, decompress};
+use crate::crypto::{MasterKey, SEAL_PREFIX};
 use crate::error::{Error, Result};
 use crate::id::BlobId;
 
@@ -55,7 +55,25 @@ pub(crate) fn seal_blob_with_id(
     plaintext: &[u8],
     level: i32,
 ) -> Vec<u8> {
-    key.seal(&blob_aad(ty, id), &compress(level, plaintext))
+    let mut out = Vec::new();
+    seal_blob_into(key, ty, id, plaintext, level, &mut out);
+    out
+}
+
+/// [`seal_blob_with_id`] into `out` (cleared first): compressed and sealed where it lies,
+/// so a buffer used again costs no allocation and the blob no copy.
+pub(crate) fn seal_blob_into(
+    key: &MasterKey,
+    ty: BlobType,
+    id: &BlobId,
+    plaintext: &[u8],
+    level: i32,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    out.resize(SEAL_PREFIX, 0);
+    compress_into(level, plaintext, out);
+    key.seal_in_place(&blob_aad(ty, id), out);
 }
 
 /// Open a stored blob: authenticate (binding id and type), decompress, and check that the

@@ -63,13 +63,46 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-fn zstd_compress(level: i32, data: &[u8]) -> std::io::Result<Vec<u8>> {
+/// Where zstd writes when it appends to a `Vec`: the vector's spare capacity after
+/// `start`. (zstd's own `Vec` target writes from the vector's beginning.)
+struct Append<'v> {
+    vec: &'v mut Vec<u8>,
+    start: usize,
+}
+
+// SAFETY: the pointer and capacity describe memory `vec` owns from `start` to the end of
+// its allocation, and `filled_until` marks as initialized only the `n` bytes zstd reports
+// having written there (zstd-safe checks `n` against the capacity).
+unsafe impl zstd::zstd_safe::WriteBuf for Append<'_> {
+    fn as_slice(&self) -> &[u8] {
+        &self.vec[self.start..]
+    }
+    fn capacity(&self) -> usize {
+        self.vec.capacity() - self.start
+    }
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.vec.as_mut_ptr().wrapping_add(self.start)
+    }
+    unsafe fn filled_until(&mut self, n: usize) {
+        // SAFETY: see the impl.
+        unsafe { self.vec.set_len(self.start + n) }
+    }
+}
+
+/// zstd at `level` of `data`, appended to `out` (which the caller has made `len()` long);
+/// the compressed length.
+fn zstd_compress_into(level: i32, data: &[u8], out: &mut Vec<u8>) -> std::io::Result<usize> {
     COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
         if c.as_ref().is_none_or(|(l, _)| *l != level) {
             *c = Some((level, zstd::bulk::Compressor::new(level)?));
         }
-        c.as_mut().expect("set above").1.compress(data)
+        out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+        let start = out.len();
+        c.as_mut()
+            .expect("set above")
+            .1
+            .compress_to_buffer(data, &mut Append { vec: out, start })
     })
 }
 
@@ -85,18 +118,24 @@ fn zstd_decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
 
 /// `codec || payload`: zstd at `level`, or raw when compression does not make it smaller.
 pub fn compress(level: i32, data: &[u8]) -> Vec<u8> {
-    if let Ok(z) = zstd_compress(level, data) {
-        if z.len() < data.len() {
-            let mut out = Vec::with_capacity(z.len() + 1);
-            out.push(CODEC_ZSTD);
-            out.extend_from_slice(&z);
-            return out;
+    let mut out = Vec::new();
+    compress_into(level, data, &mut out);
+    out
+}
+
+/// [`compress`], appended to `out`. Compressed data is written there by zstd directly.
+pub fn compress_into(level: i32, data: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.push(CODEC_ZSTD);
+    match zstd_compress_into(level, data, out) {
+        Ok(n) if n < data.len() => {}
+        _ => {
+            out.truncate(start);
+            out.reserve(1 + data.len());
+            out.push(CODEC_RAW);
+            out.extend_from_slice(data);
         }
     }
-    let mut out = Vec::with_capacity(data.len() + 1);
-    out.push(CODEC_RAW);
-    out.extend_from_slice(data);
-    out
 }
 
 /// Inverse of [`compress`]. `expected_len`, when known, bounds and checks the output.
@@ -256,6 +295,22 @@ mod tests {
             prop_assert!(c.len() <= data.len() + 1);
             prop_assert_eq!(decompress("t", &c, Some(data.len())).unwrap(), data.clone());
             prop_assert_eq!(decompress("t", &c, None).unwrap(), data);
+        }
+
+        #[test]
+        fn compress_into_appends_what_compress_gives(
+            data in proptest::collection::vec(any::<u8>(), 0..8192),
+            text in 0..4096usize,
+            prefix in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            // Compressible and incompressible input, after whatever is in the buffer.
+            let mut data = data;
+            data.extend(b"row,".iter().cycle().take(text));
+            let mut out = prefix.clone();
+            compress_into(3, &data, &mut out);
+            prop_assert_eq!(&out[..prefix.len()], &prefix[..]);
+            prop_assert_eq!(&out[prefix.len()..], &compress(3, &data)[..]);
+            prop_assert_eq!(decompress("t", &out[prefix.len()..], None).unwrap(), data);
         }
 
         #[test]
