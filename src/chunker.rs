@@ -87,8 +87,8 @@ impl<R: Read> Batches<R> {
     }
 
     /// The next batch, read into `buf` (pass the buffer of a batch that is done with, to
-    /// use its memory again; its bytes are dropped). `None` after the last. A read error
-    /// is returned as it is; the stream cannot be continued after one.
+    /// use its memory again; its bytes are dropped). `None` after the last, and after a
+    /// read error, which is returned as it is.
     pub fn next_batch(&mut self, mut buf: Vec<u8>) -> std::io::Result<Option<Batch>> {
         if self.done {
             return Ok(None);
@@ -97,7 +97,13 @@ impl<R: Read> Batches<R> {
         buf.reserve(self.fill);
         buf.append(&mut self.carry);
         let want = (self.fill - buf.len()) as u64;
-        let got = self.reader.by_ref().take(want).read_to_end(&mut buf)?;
+        let got = match self.reader.by_ref().take(want).read_to_end(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                self.done = true;
+                return Err(e);
+            }
+        };
         let end_of_stream = (got as u64) < want;
         let max = self.params.max as usize;
         let mut cuts = Vec::new();

@@ -38,9 +38,9 @@ use crate::repository::{
 use crate::util::NameCache;
 use std::sync::Arc;
 
-/// Bytes of chunks sealed in parallel per batch of a streamed file (at least three
-/// chunks of the largest size, so both cores have work). Two batches are in memory per
-/// file. 4 MiB was no faster and left 5 MiB more in the allocator's arenas.
+/// Bytes read and chunked at a time from a streamed file (at least three chunks of the
+/// largest size). One batch per worker is in memory. 4 MiB was no faster and left 5 MiB
+/// more in the allocator's arenas.
 const BATCH_BYTES: usize = 2 << 20;
 
 /// What to back up.
@@ -1025,46 +1025,66 @@ pub(super) fn store_stream<R: Read + Send>(
     stream_chunks(ctx, reader)
 }
 
-/// Chunk a stream and store the chunks. Reading and chunking the next batch overlaps
-/// with sealing the current one (`rayon::join`), so one large file keeps both cores busy;
-/// at most two batches are in memory, and the chunks are sealed from where they were read.
+/// Chunk a stream and store the chunks. Each worker that is free takes the next batch
+/// (read and chunked under a lock, so in order) and stores it, so one large file keeps
+/// every core busy, with no wait at the end of each batch for the slowest chunk. One
+/// batch per worker is in memory, and chunks are sealed from where they were read.
 fn stream_chunks<R: Read + Send>(ctx: &Ctx, reader: R) -> Result<(Vec<BlobId>, u64)> {
     let params = ctx.repo.config().chunker;
     let seed = ctx.repo.key().chunker_seed();
-    let mut batches = chunker::Batches::new(&params, seed, reader, BATCH_BYTES);
-    let mut total = 0u64;
-    let mut read_batch = |buf: Vec<u8>| -> Result<Option<chunker::Batch>> {
-        let batch = batches
-            .next_batch(buf)
-            .map_err(|e| Error::io("<input>", e))?;
-        if let Some(b) = &batch {
-            let n = b.data.len() as u64;
-            total += n;
+    // The batches, and the number of the next one.
+    let source = Mutex::new((chunker::Batches::new(&params, seed, reader, BATCH_BYTES), 0));
+    let stored = Mutex::new(Vec::new());
+    let failed = Mutex::new(None);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let total = AtomicU64::new(0);
+    let work = || -> Result<()> {
+        let mut buf = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let (i, batch) = {
+                let mut source = source.lock().expect("batches");
+                let Some(batch) = source
+                    .0
+                    .next_batch(std::mem::take(&mut buf))
+                    .map_err(|e| Error::io("<input>", e))?
+                else {
+                    return Ok(());
+                };
+                source.1 += 1;
+                (source.1 - 1, batch)
+            };
+            let n = batch.data.len() as u64;
+            total.fetch_add(n, Ordering::Relaxed);
             ctx.progress.bytes_read.fetch_add(n, Ordering::Relaxed);
+            let ids = batch
+                .chunks()
+                .map(|c| ctx.w.add(BlobType::Data, c).map(|(id, _)| id))
+                .collect::<Result<Vec<_>>>()?;
             ctx.progress.bytes_done.fetch_add(n, Ordering::Relaxed);
+            stored.lock().expect("stored batches").push((i, ids));
+            buf = batch.data;
         }
-        Ok(batch)
+        Ok(())
     };
-    let store = |batch: &chunker::Batch| -> Result<Vec<BlobId>> {
-        let chunks: Vec<&[u8]> = batch.chunks().collect();
-        chunks
-            .par_iter()
-            .map(|c| ctx.w.add(BlobType::Data, c).map(|(id, _)| id))
-            .collect()
+    let run = || {
+        if let Err(e) = work() {
+            stop.store(true, Ordering::Relaxed);
+            failed.lock().expect("failure").get_or_insert(e);
+        }
     };
-    let mut ids = Vec::new();
-    let mut spare = Vec::new();
-    let mut next = read_batch(Vec::new())?;
-    while let Some(current) = next {
-        let (stored, read) = rayon::join(
-            || store(&current),
-            || read_batch(std::mem::take(&mut spare)),
-        );
-        ids.extend(stored?);
-        next = read?;
-        spare = current.data;
+    rayon::scope(|s| {
+        for _ in 1..rayon::current_num_threads() {
+            s.spawn(|_| run());
+        }
+        run();
+    });
+    if let Some(e) = failed.into_inner().expect("failure") {
+        return Err(e);
     }
-    Ok((ids, total))
+    let mut stored = stored.into_inner().expect("stored batches");
+    stored.sort_unstable_by_key(|&(i, _)| i);
+    let ids = stored.into_iter().flat_map(|(_, ids)| ids).collect();
+    Ok((ids, total.into_inner()))
 }
 
 fn node_from_meta(ctx: &Ctx, name: Vec<u8>, m: &Meta, kind: NodeKind) -> Node {

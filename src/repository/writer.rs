@@ -53,9 +53,32 @@ pub struct WriteStats {
     pub packs: u64,
 }
 
+/// Blobs this writer stored that are not in the index cache yet, in shards by id, so
+/// the threads adding blobs seldom wait for one another.
+#[derive(Default)]
+struct Pending([Mutex<HashSet<(BlobType, BlobId)>>; 16]);
+
+impl Pending {
+    fn shard(&self, id: &BlobId) -> std::sync::MutexGuard<'_, HashSet<(BlobType, BlobId)>> {
+        self.0[id.as_bytes()[0] as usize % self.0.len()]
+            .lock()
+            .expect("pending")
+    }
+    /// False when it was there already.
+    fn insert(&self, ty: BlobType, id: BlobId) -> bool {
+        self.shard(&id).insert((ty, id))
+    }
+    fn contains(&self, ty: BlobType, id: &BlobId) -> bool {
+        self.shard(id).contains(&(ty, *id))
+    }
+    fn remove(&self, ty: BlobType, id: &BlobId) {
+        self.shard(id).remove(&(ty, *id));
+    }
+}
+
 #[derive(Default)]
 struct Shared {
-    pending: Mutex<HashSet<(BlobType, BlobId)>>,
+    pending: Pending,
     data_blobs: AtomicU64,
     tree_blobs: AtomicU64,
     bytes_added: AtomicU64,
@@ -170,7 +193,10 @@ impl Packer {
 pub struct BlobWriter<'r> {
     repo: &'r IndexedRepository,
     shared: Arc<Shared>,
-    packers: [Mutex<Packer>; 2],
+    /// Packs being filled, per blob type: a thread takes one out to add a blob and puts it
+    /// back, so threads fill packs side by side instead of queueing for one. There are
+    /// at most as many as threads adding at once.
+    packers: [Mutex<Vec<Packer>>; 2],
     tx: Option<mpsc::Sender<FinishedPack>>,
     uploader: Option<tokio::task::JoinHandle<Result<()>>>,
     /// Count what would be stored, store nothing.
@@ -218,13 +244,7 @@ impl<'r> BlobWriter<'r> {
 
     /// Is this blob already stored or about to be?
     pub fn known(&self, ty: BlobType, id: &BlobId) -> Result<bool> {
-        Ok(self.repo.index().contains(ty, id)?
-            || self
-                .shared
-                .pending
-                .lock()
-                .expect("pending")
-                .contains(&(ty, *id)))
+        Ok(self.repo.index().contains(ty, id)? || self.shared.pending.contains(ty, id))
     }
 
     /// Is this blob in the index cache (not only pending in this writer)?
@@ -234,11 +254,7 @@ impl<'r> BlobWriter<'r> {
 
     /// Is this blob waiting in this writer for its index file?
     pub fn pending(&self, ty: BlobType, id: &BlobId) -> bool {
-        self.shared
-            .pending
-            .lock()
-            .expect("pending")
-            .contains(&(ty, *id))
+        self.shared.pending.contains(ty, id)
     }
 
     /// Store a blob unless it is known; returns its id and whether it was new. Blocks
@@ -246,14 +262,7 @@ impl<'r> BlobWriter<'r> {
     pub fn add(&self, ty: BlobType, plaintext: &[u8]) -> Result<(BlobId, bool)> {
         let key = self.repo.key();
         let id = key.blob_id(plaintext);
-        if self.repo.index().contains(ty, &id)?
-            || !self
-                .shared
-                .pending
-                .lock()
-                .expect("pending")
-                .insert((ty, id))
-        {
+        if self.repo.index().contains(ty, &id)? || !self.shared.pending.insert(ty, id) {
             return Ok((id, false));
         }
         match ty {
@@ -275,16 +284,13 @@ impl<'r> BlobWriter<'r> {
             self.shared
                 .bytes_added
                 .fetch_add(sealed.len() as u64, Ordering::Relaxed);
-            let mut p = self.packers[slot(ty)].lock().expect("packer");
-            p.add(&self.staging, ty, id, sealed, plaintext.len())?;
+            let full = self.with_packer(ty, |p| {
+                p.add(&self.staging, ty, id, sealed, plaintext.len())
+            });
             if sealed.capacity() > SEALED_KEEP {
                 *sealed = Vec::new();
             }
-            Ok(if p.len >= self.repo.config().pack_size as u64 {
-                Some(p.take(key)?)
-            } else {
-                None
-            })
+            full
         })?;
         if let Some(pack) = full {
             self.send(pack)?;
@@ -302,13 +308,7 @@ impl<'r> BlobWriter<'r> {
         sealed: &[u8],
         raw_length: usize,
     ) -> Result<()> {
-        if !self
-            .shared
-            .pending
-            .lock()
-            .expect("pending")
-            .insert((ty, id))
-        {
+        if !self.shared.pending.insert(ty, id) {
             return Ok(());
         }
         match ty {
@@ -319,19 +319,31 @@ impl<'r> BlobWriter<'r> {
         self.shared
             .bytes_added
             .fetch_add(sealed.len() as u64, Ordering::Relaxed);
-        let full = {
-            let mut p = self.packers[slot(ty)].lock().expect("packer");
-            p.add(&self.staging, ty, id, sealed, raw_length)?;
-            if p.len >= self.repo.config().pack_size as u64 {
-                Some(p.take(self.repo.key())?)
-            } else {
-                None
-            }
-        };
+        let full = self.with_packer(ty, |p| p.add(&self.staging, ty, id, sealed, raw_length))?;
         if let Some(pack) = full {
             self.send(pack)?;
         }
         Ok(())
+    }
+
+    /// Add to a pack of `ty` no other thread is adding to (one from the pool, or a new
+    /// one), and take the pack when it is full.
+    fn with_packer(
+        &self,
+        ty: BlobType,
+        add: impl FnOnce(&mut Packer) -> Result<()>,
+    ) -> Result<Option<FinishedPack>> {
+        let pool = &self.packers[slot(ty)];
+        let mut p = pool.lock().expect("packers").pop().unwrap_or_default();
+        let added = add(&mut p).and_then(|()| {
+            Ok(if p.len >= self.repo.config().pack_size as u64 {
+                Some(p.take(self.repo.key())?)
+            } else {
+                None
+            })
+        });
+        pool.lock().expect("packers").push(p);
+        added
     }
 
     fn send(&self, pack: FinishedPack) -> Result<()> {
@@ -362,25 +374,16 @@ impl<'r> BlobWriter<'r> {
     /// from [`IndexedRepository::repack_writer`]; empty otherwise).
     pub fn finish_indexed(mut self) -> Result<(WriteStats, Vec<(IndexId, IndexFile)>)> {
         let mut send_err = None;
-        for p in &self.packers {
-            let pack = {
-                let mut p = p.lock().expect("packer");
-                if p.blobs.is_empty() {
-                    None
-                } else {
-                    match p.take(self.repo.key()) {
-                        Ok(pack) => Some(pack),
-                        Err(e) => {
-                            send_err = Some(e);
-                            None
-                        }
-                    }
-                }
-            };
-            if let Some(pack) = pack {
-                if let Err(e) = self.send(pack) {
-                    send_err = Some(e);
-                }
+        let partial: Vec<Packer> = self
+            .packers
+            .iter()
+            .flat_map(|pool| std::mem::take(&mut *pool.lock().expect("packers")))
+            .filter(|p| !p.blobs.is_empty())
+            .collect();
+        for mut p in partial {
+            match p.take(self.repo.key()).and_then(|pack| self.send(pack)) {
+                Ok(()) => {}
+                Err(e) => send_err = Some(e),
             }
         }
         drop(self.tx.take());
@@ -497,10 +500,9 @@ async fn flush(
     let file = IndexFile::new(std::mem::take(batch));
     let id = save_index(backend, key, level, &file).await?;
     tokio::task::block_in_place(|| index.add_index_file(&id, &file))?;
-    let mut pending = shared.pending.lock().expect("pending");
     for p in &file.packs {
         for b in &p.blobs {
-            pending.remove(&(b.ty, b.id));
+            shared.pending.remove(b.ty, &b.id);
         }
     }
     if shared.record_index {
