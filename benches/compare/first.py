@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from idle import wait_idle
+
 ap = argparse.ArgumentParser()
 ap.add_argument("--rounds", type=int, default=7)
 ap.add_argument("--work", default="/var/tmp/cairn-first")
@@ -46,25 +48,6 @@ for root, _, files in os.walk("corpus"):
 # reads nothing when it writes to /dev/null; and not into this process, whose size a
 # forked child's peak RSS would include).
 subprocess.run("tar cf - corpus | cat > /dev/null", shell=True, check=True)
-
-
-def idle_fraction(dt=0.3):
-    def snap():
-        v = list(map(int, open("/proc/stat").readline().split()[1:]))
-        return sum(v), v[3] + v[4]
-    t1, i1 = snap()
-    time.sleep(dt)
-    t2, i2 = snap()
-    return (i2 - i1) / max(1, t2 - t1)
-
-
-def wait_idle(limit=120):
-    start = time.time()
-    while idle_fraction() < 0.85:
-        if time.time() - start > limit:
-            return False
-        time.sleep(0.5)
-    return True
 
 
 res = {k: [] for k in tools}

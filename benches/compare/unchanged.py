@@ -26,6 +26,8 @@ import subprocess
 import sys
 import time
 
+from idle import wait_idle
+
 ap = argparse.ArgumentParser()
 ap.add_argument("--rounds", type=int, default=11)
 ap.add_argument("--churn", action="store_true")
@@ -75,25 +77,6 @@ for name in tools:
         subprocess.run([tools[name], "-q", "init", "--repo", f"repo-{name}", "--cache-dir", f"cache-{name}"], env=env, check=True)
         for _ in range(2):
             subprocess.run(cmd(name), env=env, check=True)
-
-
-def idle_fraction(dt=0.3):
-    def snap():
-        v = list(map(int, open("/proc/stat").readline().split()[1:]))
-        return sum(v), v[3] + v[4]
-    t1, i1 = snap()
-    time.sleep(dt)
-    t2, i2 = snap()
-    return (i2 - i1) / max(1, t2 - t1)
-
-
-def wait_idle(limit=120):
-    start = time.time()
-    while idle_fraction() < 0.85:
-        if time.time() - start > limit:
-            return False
-        time.sleep(0.5)
-    return True
 
 
 res = {k: [] for k in tools}
