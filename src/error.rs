@@ -47,12 +47,12 @@ pub enum Error {
     #[error("storage {location}: {message}")]
     Backend { location: String, message: String },
 
-    /// A local file operation failed.
-    #[error("{}: {source}", path.display())]
+    /// A local file operation failed. (The system's error is in the message, and not
+    /// also a `source()`, so a printed error chain says it once.)
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// The input of a backup failed as a whole (a producer command exited non-zero).
@@ -73,10 +73,10 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 
@@ -92,6 +92,23 @@ impl Error {
             object: object.into(),
             reason: reason.to_string(),
         }
+    }
+
+    /// What to do when `e` (or an error it wraps) says the file system is full; empty
+    /// otherwise. Appended to messages about writes to a repository or its staging.
+    pub(crate) fn full_hint(e: &(dyn std::error::Error + 'static)) -> &'static str {
+        use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+        let mut at = Some(e);
+        while let Some(e) = at {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if matches!(io.kind(), StorageFull | QuotaExceeded) {
+                    return "; make room there (`cairn forget --prune` removes the data only \
+                            old snapshots use), then run the command again";
+                }
+            }
+            at = e.source();
+        }
+        ""
     }
 
     /// True for errors that mean "the object is not there".

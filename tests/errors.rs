@@ -207,3 +207,72 @@ fn bad_arguments_are_rejected_before_work() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// The repository's file system fills up during a backup: the backup stops with exit 1,
+/// naming the repository and what to do, reports no input file as unreadable, and leaves
+/// no snapshot, no temporary pack and no damaged pack (`check --read-data`); with room
+/// again, the next backup completes and restores. The file system is a 6 MiB tmpfs in a mount namespace of the test's own
+/// (`unshare -m`, which needs root, as CI runs).
+#[test]
+fn full_disk_stops_the_backup_and_says_what_to_do() {
+    if !crate::common::is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (src, mnt, out) = (
+        t.path().join("src"),
+        t.path().join("mnt"),
+        t.path().join("out"),
+    );
+    for d in [&src, &mnt, &out] {
+        std::fs::create_dir(d).unwrap();
+    }
+    // Incompressible, so it does not fit in 6 MiB stored either.
+    std::fs::write(src.join("big"), data(12 << 20, 5)).unwrap();
+    std::fs::write(src.join("small"), data(10_000, 6)).unwrap();
+    let script = r#"
+        mount -t tmpfs -o size=6m tmpfs "$MNT" || exit 90
+        export CAIRN_REPOSITORY="$MNT/repo" CAIRN_CACHE_DIR="$OUT/cache"
+        "$BIN" -q init --kdf-memory-kib 1024 || exit 91
+        "$BIN" -q backup "$SRC" 2> "$OUT/err"; echo $? > "$OUT/code"
+        "$BIN" snapshots --json > "$OUT/snapshots" || exit 92
+        ls -A "$MNT/repo/tmp" > "$OUT/tmp" || exit 93
+        mount -o remount,size=64m "$MNT" || exit 94
+        "$BIN" -q check --read-data 2> "$OUT/check" || exit 97
+        "$BIN" -q backup "$SRC" || exit 95
+        "$BIN" -q restore latest --target "$OUT/back" || exit 96
+    "#;
+    let status = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", script])
+        .env("BIN", env!("CARGO_BIN_EXE_cairn"))
+        .env("CAIRN_PASSWORD", "pw")
+        .env("SRC", &src)
+        .env("MNT", &mnt)
+        .env("OUT", &out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the script failed: {status}");
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
+    let err = read("err");
+    assert_eq!(read("code").trim(), "1", "{err}");
+    assert_eq!(err.matches("No space left on device").count(), 1, "{err}");
+    assert!(err.contains(&format!("{}/repo", mnt.display())), "{err}");
+    assert!(err.contains("make room there"), "{err}");
+    assert!(
+        !err.contains("read error"),
+        "an input file was blamed: {err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let snapshots: serde_json::Value = serde_json::from_str(&read("snapshots")).unwrap();
+    assert_eq!(snapshots.as_array().map(Vec::len), Some(0), "{snapshots}");
+    assert_eq!(read("tmp"), "", "a temporary pack was left behind");
+    assert_eq!(
+        read("check"),
+        "",
+        "check --read-data after the failed backup"
+    );
+    let back = out.join("back").join(src.strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read(back.join("big")).unwrap(), data(12 << 20, 5));
+    assert_eq!(std::fs::read(back.join("small")).unwrap(), data(10_000, 6));
+}

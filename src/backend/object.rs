@@ -179,7 +179,7 @@ fn store_error(location: &str, name: &str, e: object_store::Error) -> Error {
         },
         other => Error::Backend {
             location: location.to_string(),
-            message: format!("{name}: {other}"),
+            message: format!("{name}: {other}{}", Error::full_hint(&other)),
         },
     }
 }

@@ -822,8 +822,8 @@ fn backup_entry(
                 ctx.progress.dirs.fetch_add(1, Ordering::Relaxed);
                 (NodeKind::Dir { subtree }, complete)
             }
-            Err(Error::Io { path, source }) => {
-                ctx.problem(&path, format!("cannot read directory: {source}"));
+            Err(Error::Io { path, error }) => {
+                ctx.problem(&path, format!("cannot read directory: {error}"));
                 return Ok(None);
             }
             Err(e) => return Err(e),
@@ -955,8 +955,8 @@ fn backup_file(
     ctx.progress.files.fetch_add(1, Ordering::Relaxed);
     let (content, read) = match store_stream(ctx, &file, meta.size) {
         Ok(r) => r,
-        Err(Error::Io { source, .. }) => {
-            ctx.problem(path, format!("read error: {source}"));
+        Err(Error::Io { error, .. }) => {
+            ctx.problem(path, format!("read error: {error}"));
             return Ok(None);
         }
         Err(e) => return Err(e),
@@ -1215,10 +1215,10 @@ pub(super) fn backup_stream(
             }
             r
         }
-        Err(Error::Io { source, .. }) => {
+        Err(Error::Io { error, .. }) => {
             ctx.problem(
                 Path::new(name),
-                format!("reading the stream failed: {source}"),
+                format!("reading the stream failed: {error}"),
             );
             (Vec::new(), 0)
         }

@@ -34,7 +34,7 @@ pub fn dump_file(repo: &IndexedRepository, content: &[BlobId], out: &mut dyn Wri
 fn stdout_err(e: std::io::Error) -> Error {
     Error::Io {
         path: "<stdout>".into(),
-        source: e,
+        error: e,
     }
 }
 

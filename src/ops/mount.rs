@@ -519,7 +519,7 @@ fn unshare(e: Arc<Error>) -> Error {
         Error::Integrity { object, reason } => Error::integrity(object.clone(), reason.clone()),
         other => Error::Io {
             path: PathBuf::from("<mount>"),
-            source: std::io::Error::other(other.to_string()),
+            error: std::io::Error::other(other.to_string()),
         },
     })
 }

@@ -126,11 +126,11 @@ impl Packer {
         raw_length: usize,
     ) -> Result<()> {
         if self.file.is_none() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            std::fs::create_dir_all(dir).map_err(|e| staging_error(dir, e))?;
             let f = tempfile::Builder::new()
                 .prefix("pack-")
                 .tempfile_in(dir)
-                .map_err(|e| Error::io(dir, e))?;
+                .map_err(|e| staging_error(dir, e))?;
             self.file = Some(f.into_parts());
         }
         if self.buf.len() + sealed.len() > WRITE_SIZE {
@@ -166,7 +166,7 @@ impl Packer {
 
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
         let (f, path) = self.file.as_mut().expect("pack file open");
-        f.write_all(bytes).map_err(|e| Error::io(&**path, e))?;
+        f.write_all(bytes).map_err(|e| staging_error(path, e))?;
         self.hasher.update(bytes);
         Ok(())
     }
@@ -186,6 +186,16 @@ impl Packer {
             size,
             blobs,
         })
+    }
+}
+
+/// A pack that cannot be assembled where packs are staged: the writer stops (it cannot
+/// store anything more), naming the place, and saying what to do when it is full. Not
+/// an [`Error::Io`], which a backup reads as its input failing.
+fn staging_error(path: &std::path::Path, e: std::io::Error) -> Error {
+    Error::Backend {
+        location: path.display().to_string(),
+        message: format!("cannot write a pack: {e}{}", Error::full_hint(&e)),
     }
 }
 
@@ -342,7 +352,12 @@ impl<'r> BlobWriter<'r> {
                 None
             })
         });
-        pool.lock().expect("packers").push(p);
+        // A packer whose file failed to take a write no longer matches its list of blobs
+        // (a write can fail halfway, a full disk frees up again): it is dropped with its
+        // file, never finished and uploaded.
+        if added.is_ok() {
+            pool.lock().expect("packers").push(p);
+        }
         added
     }
 

@@ -548,7 +548,7 @@ fn ls(g: &Global, a: LsArgs) -> Result<u8> {
         };
         r.map_err(|e| cairn::Error::Io {
             path: "<stdout>".into(),
-            source: e,
+            error: e,
         })?;
         Ok(true)
     };

@@ -75,7 +75,7 @@ fn main() -> ExitCode {
 fn is_closed_stdout(err: &anyhow::Error) -> bool {
     let pipe = |e: &std::io::Error| e.kind() == std::io::ErrorKind::BrokenPipe;
     err.chain().any(|e| match e.downcast_ref::<cairn::Error>() {
-        Some(cairn::Error::Io { path, source }) => path.as_os_str() == "<stdout>" && pipe(source),
+        Some(cairn::Error::Io { path, error }) => path.as_os_str() == "<stdout>" && pipe(error),
         _ => e.downcast_ref::<std::io::Error>().is_some_and(pipe),
     })
 }

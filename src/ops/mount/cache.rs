@@ -149,7 +149,7 @@ impl BlobCache {
             task.await.unwrap_or_else(|e| {
                 Err(Arc::new(Error::Io {
                     path: format!("<fetch of data blob {id}>").into(),
-                    source: std::io::Error::other(e.to_string()),
+                    error: std::io::Error::other(e.to_string()),
                 }))
             })
         }

@@ -66,7 +66,7 @@ pub fn mount(fs: CairnFs, mountpoint: &Path) -> Result<Mounted> {
     config.n_threads = Some(fs.opts.threads.max(1));
     let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(|e| Error::Io {
         path: mountpoint.to_path_buf(),
-        source: e,
+        error: e,
     })?;
     Ok(Mounted {
         session,
