@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from idle import wait_idle
+from timing import binaries, enter, wait_idle
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--rounds", type=int, default=7)
@@ -29,13 +29,8 @@ ap.add_argument("tools", nargs="+", metavar="NAME=BINARY")
 a = ap.parse_args()
 
 here = os.path.dirname(os.path.abspath(__file__))
-tools = {}
-for t in a.tools:
-    name, _, binary = t.partition("=")
-    tools[name] = os.path.abspath(binary)
-work = os.path.abspath(a.work)
-os.makedirs(work, exist_ok=True)
-os.chdir(work)
+tools = binaries(a.tools)
+work = enter(a.work)
 env = dict(os.environ, CAIRN_PASSWORD="bench-password")
 
 if not os.path.isdir("corpus"):

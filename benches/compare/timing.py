@@ -1,5 +1,24 @@
-"""Waiting for an idle machine before a timed run (shared by the timing scripts here)."""
+"""What the timing scripts here share: the binaries to time, and waiting for an idle
+machine before a timed run."""
+import os
 import time
+
+
+def binaries(specs):
+    """NAME=BINARY arguments as {name: absolute path}."""
+    tools = {}
+    for t in specs:
+        name, _, binary = t.partition("=")
+        tools[name] = os.path.abspath(binary)
+    return tools
+
+
+def enter(work):
+    """Make the work directory, change into it and return its absolute path."""
+    work = os.path.abspath(work)
+    os.makedirs(work, exist_ok=True)
+    os.chdir(work)
+    return work
 
 
 def idle_fraction(dt=0.3):
