@@ -971,7 +971,10 @@ fn backup_file(
             ),
         );
     } else if let Ok(after) = file.metadata() {
-        if ts(after.mtime(), after.mtime_nsec()) != meta.mtime {
+        if (after.dev(), after.ino()) != (meta.dev, meta.ino) {
+            // What was read is another file than the one statted: it took the name since.
+            ctx.problem(path, "file was replaced while being read");
+        } else if ts(after.mtime(), after.mtime_nsec()) != meta.mtime {
             ctx.problem(path, "file changed while being read (mtime changed)");
         }
     }
