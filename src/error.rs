@@ -94,21 +94,19 @@ impl Error {
         }
     }
 
-    /// What to do when `e` (or an error it wraps) says the file system is full; empty
-    /// otherwise. Appended to messages about writes to a repository or its staging.
-    pub(crate) fn full_hint(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    /// Does `e`, or an error it wraps, say the file system is full (or the quota used)?
+    pub(crate) fn is_full(e: &(dyn std::error::Error + 'static)) -> bool {
         use std::io::ErrorKind::{QuotaExceeded, StorageFull};
         let mut at = Some(e);
         while let Some(e) = at {
             if let Some(io) = e.downcast_ref::<std::io::Error>() {
                 if matches!(io.kind(), StorageFull | QuotaExceeded) {
-                    return "; make room there (`cairn forget --prune` removes the data only \
-                            old snapshots use), then run the command again";
+                    return true;
                 }
             }
             at = e.source();
         }
-        ""
+        false
     }
 
     /// True for errors that mean "the object is not there".

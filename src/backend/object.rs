@@ -179,7 +179,14 @@ fn store_error(location: &str, name: &str, e: object_store::Error) -> Error {
         },
         other => Error::Backend {
             location: location.to_string(),
-            message: format!("{name}: {other}{}", Error::full_hint(&other)),
+            message: if Error::is_full(&other) {
+                format!(
+                    "{name}: {other}; make room there (`cairn forget --prune` removes the data \
+                     only old snapshots use), then run the command again"
+                )
+            } else {
+                format!("{name}: {other}")
+            },
         },
     }
 }

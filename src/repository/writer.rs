@@ -195,7 +195,11 @@ impl Packer {
 fn staging_error(path: &std::path::Path, e: std::io::Error) -> Error {
     Error::Backend {
         location: path.display().to_string(),
-        message: format!("cannot write a pack: {e}{}", Error::full_hint(&e)),
+        message: if Error::is_full(&e) {
+            format!("cannot write a pack: {e}; make room there, then run the backup again")
+        } else {
+            format!("cannot write a pack: {e}")
+        },
     }
 }
 
