@@ -87,6 +87,10 @@ struct Shared {
     /// backup must not, or its memory would grow with its size).
     record_index: bool,
     index_files: Mutex<Vec<(IndexId, IndexFile)>>,
+    /// Set when a packer failed (location and message of the error): its blobs, which
+    /// other threads may have deduplicated against, will never be stored, so nothing
+    /// more is added and `finish` fails (a backup then writes no snapshot).
+    broken: Mutex<Option<(String, String)>>,
 }
 
 struct FinishedPack {
@@ -347,6 +351,9 @@ impl<'r> BlobWriter<'r> {
         ty: BlobType,
         add: impl FnOnce(&mut Packer) -> Result<()>,
     ) -> Result<Option<FinishedPack>> {
+        if let Some(e) = self.broken() {
+            return Err(e);
+        }
         let pool = &self.packers[slot(ty)];
         let mut p = pool.lock().expect("packers").pop().unwrap_or_default();
         let added = add(&mut p).and_then(|()| {
@@ -358,11 +365,28 @@ impl<'r> BlobWriter<'r> {
         });
         // A packer whose file failed to take a write no longer matches its list of blobs
         // (a write can fail halfway, a full disk frees up again): it is dropped with its
-        // file, never finished and uploaded.
-        if added.is_ok() {
-            pool.lock().expect("packers").push(p);
+        // file, never finished and uploaded, and the writer is broken from then on.
+        match &added {
+            Ok(_) => pool.lock().expect("packers").push(p),
+            Err(e) => {
+                let (location, message) = match e {
+                    Error::Backend { location, message } => (location.clone(), message.clone()),
+                    other => (self.staging.display().to_string(), other.to_string()),
+                };
+                let mut broken = self.shared.broken.lock().expect("broken");
+                broken.get_or_insert((location, message));
+            }
         }
         added
+    }
+
+    /// The failure of a packer, when one failed.
+    fn broken(&self) -> Option<Error> {
+        let broken = self.shared.broken.lock().expect("broken");
+        broken.as_ref().map(|(location, message)| Error::Backend {
+            location: location.clone(),
+            message: message.clone(),
+        })
     }
 
     fn send(&self, pack: FinishedPack) -> Result<()> {
@@ -418,7 +442,7 @@ impl<'r> BlobWriter<'r> {
                 });
             }
         }
-        if let Some(e) = send_err {
+        if let Some(e) = send_err.or_else(|| self.broken()) {
             return Err(e);
         }
         let files = std::mem::take(&mut *self.shared.index_files.lock().expect("index files"));
@@ -532,4 +556,54 @@ async fn flush(
             .push((id, file));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{self, S3Options};
+    use crate::repository::{InitOptions, RepoOptions, Repository};
+
+    /// Once a pack cannot be written, the writer adds nothing more and its `finish`
+    /// fails, whatever the caller did with the first error: blobs other threads took as
+    /// pending in the failed pack are never stored, so no snapshot may refer to them.
+    #[test]
+    fn a_failed_pack_stops_the_writer_and_fails_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let store =
+            backend::open(root.to_str().unwrap(), true, &S3Options::with_defaults()).unwrap();
+        let init = InitOptions {
+            kdf: crate::crypto::kdf::KdfParams::with_cost(1024, 1, 1),
+            ..Default::default()
+        };
+        let opts = RepoOptions {
+            cache_dir: Some(dir.path().join("cache")),
+            connections: 1,
+        };
+        let repo = Repository::init(store, b"pw", init, opts)
+            .unwrap()
+            .into_indexed()
+            .unwrap();
+        // Where packs are staged, a file: no pack can be started.
+        let _ = std::fs::remove_dir_all(root.join("tmp"));
+        std::fs::write(root.join("tmp"), b"in the way").unwrap();
+        let w = repo.writer();
+        let first = w.add(BlobType::Data, b"one").unwrap_err();
+        assert!(first.to_string().contains("cannot write a pack"), "{first}");
+        // Another thread's blob, or a retry: refused with the same error.
+        let second = w.add(BlobType::Data, b"two").unwrap_err();
+        assert_eq!(second.to_string(), first.to_string());
+        std::fs::remove_file(root.join("tmp")).unwrap();
+        // Room again: still refused, and finish fails.
+        assert!(w.add(BlobType::Data, b"three").is_err());
+        let finished = w.finish().unwrap_err();
+        assert_eq!(finished.to_string(), first.to_string());
+        assert!(
+            !repo
+                .index()
+                .contains(BlobType::Data, &repo.key().blob_id(b"one"))
+                .unwrap()
+        );
+    }
 }
