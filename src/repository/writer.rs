@@ -91,6 +91,8 @@ struct Shared {
     /// other threads may have deduplicated against, will never be stored, so nothing
     /// more is added and `finish` fails (a backup then writes no snapshot).
     broken: Mutex<Option<(String, String)>>,
+    /// `broken` is set (read on every add, without the lock).
+    is_broken: std::sync::atomic::AtomicBool,
 }
 
 struct FinishedPack {
@@ -375,6 +377,7 @@ impl<'r> BlobWriter<'r> {
                 };
                 let mut broken = self.shared.broken.lock().expect("broken");
                 broken.get_or_insert((location, message));
+                self.shared.is_broken.store(true, Ordering::Release);
             }
         }
         added
@@ -382,6 +385,9 @@ impl<'r> BlobWriter<'r> {
 
     /// The failure of a packer, when one failed.
     fn broken(&self) -> Option<Error> {
+        if !self.shared.is_broken.load(Ordering::Acquire) {
+            return None;
+        }
         let broken = self.shared.broken.lock().expect("broken");
         broken.as_ref().map(|(location, message)| Error::Backend {
             location: location.clone(),
