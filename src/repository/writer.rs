@@ -209,14 +209,64 @@ fn staging_error(path: &std::path::Path, e: std::io::Error) -> Error {
     }
 }
 
+/// Packers of one blob type filled side by side, at most this many: each one left partly
+/// full at the end of a backup becomes an object of its own, and a backup on many cores
+/// should not end with one per core.
+const MAX_PACKERS: usize = 4;
+
+/// The packers of one blob type: a thread takes one to add a blob and puts it back, so
+/// threads fill packs side by side instead of queueing for one.
+#[derive(Default)]
+struct PackerPool {
+    state: Mutex<PoolState>,
+    returned: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    idle: Vec<Packer>,
+    /// Packers taken and not put back.
+    out: usize,
+}
+
+impl PackerPool {
+    /// An idle packer, a new one while there are fewer than [`MAX_PACKERS`], or the next
+    /// one put back (a packer is held only to add a blob or finish its pack).
+    fn take(&self) -> Packer {
+        let mut s = self.state.lock().expect("packers");
+        loop {
+            if let Some(p) = s.idle.pop() {
+                s.out += 1;
+                return p;
+            }
+            if s.out < MAX_PACKERS {
+                s.out += 1;
+                return Packer::default();
+            }
+            s = self.returned.wait(s).expect("packers");
+        }
+    }
+
+    /// Put a packer back (`None`: it was dropped).
+    fn put(&self, p: Option<Packer>) {
+        let mut s = self.state.lock().expect("packers");
+        s.out -= 1;
+        s.idle.extend(p);
+        self.returned.notify_one();
+    }
+
+    /// The idle packers, taken out (when nothing adds any more).
+    fn drain(&self) -> Vec<Packer> {
+        std::mem::take(&mut self.state.lock().expect("packers").idle)
+    }
+}
+
 /// Adds blobs to the repository. Create one per backup, call [`BlobWriter::finish`].
 pub struct BlobWriter<'r> {
     repo: &'r IndexedRepository,
     shared: Arc<Shared>,
-    /// Packs being filled, per blob type: a thread takes one out to add a blob and puts it
-    /// back, so threads fill packs side by side instead of queueing for one. There are
-    /// at most as many as threads adding at once.
-    packers: [Mutex<Vec<Packer>>; 2],
+    /// Packs being filled, per blob type.
+    packers: [PackerPool; 2],
     tx: Option<mpsc::Sender<FinishedPack>>,
     uploader: Option<tokio::task::JoinHandle<Result<()>>>,
     /// Count what would be stored, store nothing.
@@ -357,7 +407,7 @@ impl<'r> BlobWriter<'r> {
             return Err(e);
         }
         let pool = &self.packers[slot(ty)];
-        let mut p = pool.lock().expect("packers").pop().unwrap_or_default();
+        let mut p = pool.take();
         let added = add(&mut p).and_then(|()| {
             Ok(if p.len >= self.repo.config().pack_size as u64 {
                 Some(p.take(self.repo.key())?)
@@ -369,8 +419,9 @@ impl<'r> BlobWriter<'r> {
         // (a write can fail halfway, a full disk frees up again): it is dropped with its
         // file, never finished and uploaded, and the writer is broken from then on.
         match &added {
-            Ok(_) => pool.lock().expect("packers").push(p),
+            Ok(_) => pool.put(Some(p)),
             Err(e) => {
+                pool.put(None);
                 let (location, message) = match e {
                     Error::Backend { location, message } => (location.clone(), message.clone()),
                     other => (self.staging.display().to_string(), other.to_string()),
@@ -426,7 +477,7 @@ impl<'r> BlobWriter<'r> {
         let partial: Vec<Packer> = self
             .packers
             .iter()
-            .flat_map(|pool| std::mem::take(&mut *pool.lock().expect("packers")))
+            .flat_map(PackerPool::drain)
             .filter(|p| !p.blobs.is_empty())
             .collect();
         for mut p in partial {
@@ -570,13 +621,8 @@ mod tests {
     use crate::backend::{self, S3Options};
     use crate::repository::{InitOptions, RepoOptions, Repository};
 
-    /// Once a pack cannot be written, the writer adds nothing more and its `finish`
-    /// fails, whatever the caller did with the first error: blobs other threads took as
-    /// pending in the failed pack are never stored, so no snapshot may refer to them.
-    #[test]
-    fn a_failed_pack_stops_the_writer_and_fails_finish() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("repo");
+    fn local_repo(dir: &std::path::Path) -> crate::repository::IndexedRepository {
+        let root = dir.join("repo");
         let store =
             backend::open(root.to_str().unwrap(), true, &S3Options::with_defaults()).unwrap();
         let init = InitOptions {
@@ -584,13 +630,51 @@ mod tests {
             ..Default::default()
         };
         let opts = RepoOptions {
-            cache_dir: Some(dir.path().join("cache")),
+            cache_dir: Some(dir.join("cache")),
             connections: 1,
         };
-        let repo = Repository::init(store, b"pw", init, opts)
+        Repository::init(store, b"pw", init, opts)
             .unwrap()
             .into_indexed()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// At most MAX_PACKERS packers of a type exist: one more is handed out only when one
+    /// is put back (or dropped), however many threads ask.
+    #[test]
+    fn the_pool_hands_out_at_most_max_packers() {
+        let pool = PackerPool::default();
+        let held: Vec<Packer> = (0..MAX_PACKERS).map(|_| pool.take()).collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let p = pool.take();
+                tx.send(()).unwrap();
+                pool.put(Some(p));
+            });
+            // Still waiting after a while (a slow machine could only make this pass).
+            assert!(
+                rx.recv_timeout(std::time::Duration::from_millis(200))
+                    .is_err()
+            );
+            let mut held = held.into_iter();
+            pool.put(held.next());
+            rx.recv().unwrap();
+            for p in held {
+                pool.put(Some(p));
+            }
+        });
+        assert_eq!(pool.drain().len(), MAX_PACKERS);
+    }
+
+    /// Once a pack cannot be written, the writer adds nothing more and its `finish`
+    /// fails, whatever the caller did with the first error: blobs other threads took as
+    /// pending in the failed pack are never stored, so no snapshot may refer to them.
+    #[test]
+    fn a_failed_pack_stops_the_writer_and_fails_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let repo = local_repo(dir.path());
         // Where packs are staged, a file: no pack can be started.
         let _ = std::fs::remove_dir_all(root.join("tmp"));
         std::fs::write(root.join("tmp"), b"in the way").unwrap();
