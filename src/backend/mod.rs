@@ -25,6 +25,11 @@ pub use s3::{RequestStats, S3Options};
 /// The pieces of a ranged read, as they arrive.
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;
 
+/// A ranged read that came whole, as a stream of one piece.
+fn one_piece(b: Bytes) -> ByteStream {
+    futures::stream::once(async { Ok(b) }).boxed()
+}
+
 /// An object's name and size as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -82,8 +87,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// are the range unless the object is shorter (the reader checks). The default
     /// reads the range whole, as one piece.
     async fn get_range_stream(&self, name: &str, range: Range<u64>) -> Result<ByteStream> {
-        let b = self.get_range(name, range).await?;
-        Ok(futures::stream::once(async { Ok(b) }).boxed())
+        Ok(one_piece(self.get_range(name, range).await?))
     }
 
     /// How many [`Backend::get_range_stream`] reads a restore keeps open, given

@@ -291,8 +291,7 @@ impl Backend for ObjectStoreBackend {
     async fn get_range_stream(&self, name: &str, range: Range<u64>) -> Result<ByteStream> {
         if self.local_root.is_some() {
             // A local read is one pread; pieces would only add calls.
-            let b = self.get_range(name, range).await?;
-            return Ok(futures::stream::once(async { Ok(b) }).boxed());
+            return Ok(super::one_piece(self.get_range(name, range).await?));
         }
         let opts = GetOptions {
             range: Some(range.into()),

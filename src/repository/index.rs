@@ -275,9 +275,7 @@ impl IndexCache {
 
     pub fn put_snapshot_head(&self, id: &SnapshotId, head: &SnapshotHead) -> Result<()> {
         let v = postcard::to_stdvec(head).expect("a snapshot head encodes");
-        self.db
-            .put_opt(id_key(b's', id.as_bytes()), v, &write_options())
-            .map_err(|e| cache_err(&self.path, e))
+        self.put(&id_key(b's', id.as_bytes()), &v)
     }
 
     /// How many times this process cleared the `b` space. A caller reads it before it
@@ -295,10 +293,21 @@ impl IndexCache {
         if *g != generation {
             return Ok(false);
         }
-        self.db
-            .put_opt(complete_key(id), [], &write_options())
-            .map_err(|e| cache_err(&self.path, e))?;
+        self.put(&complete_key(id), &[])?;
         Ok(true)
+    }
+
+    /// Write without the write-ahead log ([`write_options`]).
+    fn write(&self, batch: WriteBatch) -> Result<()> {
+        self.db
+            .write_opt(batch, &write_options())
+            .map_err(|e| cache_err(&self.path, e))
+    }
+
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.db
+            .put_opt(key, value, &write_options())
+            .map_err(|e| cache_err(&self.path, e))
     }
 
     /// Record an index file's entries (and that it has been seen) atomically.
@@ -310,9 +319,7 @@ impl IndexCache {
             }
         }
         batch.put(seen_key(id), []);
-        self.db
-            .write_opt(batch, &write_options())
-            .map_err(|e| cache_err(&self.path, e))
+        self.write(batch)
     }
 
     fn seen(&self) -> Result<HashSet<IndexId>> {
@@ -349,9 +356,7 @@ impl IndexCache {
                 let mut batch = WriteBatch::default();
                 batch.delete_range(b"p", b"q");
                 batch.delete_range(b"e", b"f");
-                self.db
-                    .write_opt(batch, &write_options())
-                    .map_err(|e| cache_err(&self.path, e))?;
+                self.write(batch)?;
                 listed.into_iter().collect()
             } else {
                 listed
@@ -376,9 +381,7 @@ impl IndexCache {
                 }
             }
             batch.put(id_key(b'e', id.as_bytes()), []);
-            self.db
-                .write_opt(batch, &write_options())
-                .map_err(|e| cache_err(&self.path, e))?;
+            self.write(batch)?;
         }
         Ok(())
     }
@@ -391,9 +394,7 @@ impl IndexCache {
         let mut batch = WriteBatch::default();
         batch.delete_range(b"b", b"c");
         batch.delete_range(b"i", b"j");
-        self.db
-            .write_opt(batch, &write_options())
-            .map_err(|e| cache_err(&self.path, e))
+        self.write(batch)
     }
 
     /// Bring the cache in step with `index/`.

@@ -90,9 +90,8 @@ struct Shared {
     /// Set when a packer failed (location and message of the error): its blobs, which
     /// other threads may have deduplicated against, will never be stored, so nothing
     /// more is added and `finish` fails (a backup then writes no snapshot).
-    broken: Mutex<Option<(String, String)>>,
-    /// `broken` is set (read on every add, without the lock).
-    is_broken: std::sync::atomic::AtomicBool,
+    /// The first failure is kept; reading it is one atomic load, on every add.
+    broken: std::sync::OnceLock<(String, String)>,
 }
 
 struct FinishedPack {
@@ -312,11 +311,6 @@ impl<'r> BlobWriter<'r> {
         }
     }
 
-    /// Is this blob already stored or about to be?
-    pub fn known(&self, ty: BlobType, id: &BlobId) -> Result<bool> {
-        Ok(self.repo.index().contains(ty, id)? || self.shared.pending.contains(ty, id))
-    }
-
     /// Is this blob in the index cache (not only pending in this writer)?
     pub fn indexed(&self, ty: BlobType, id: &BlobId) -> Result<bool> {
         self.repo.index().contains(ty, id)
@@ -426,9 +420,7 @@ impl<'r> BlobWriter<'r> {
                     Error::Backend { location, message } => (location.clone(), message.clone()),
                     other => (self.staging.display().to_string(), other.to_string()),
                 };
-                let mut broken = self.shared.broken.lock().expect("broken");
-                broken.get_or_insert((location, message));
-                self.shared.is_broken.store(true, Ordering::Release);
+                let _ = self.shared.broken.set((location, message));
             }
         }
         added
@@ -436,14 +428,13 @@ impl<'r> BlobWriter<'r> {
 
     /// The failure of a packer, when one failed.
     fn broken(&self) -> Option<Error> {
-        if !self.shared.is_broken.load(Ordering::Acquire) {
-            return None;
-        }
-        let broken = self.shared.broken.lock().expect("broken");
-        broken.as_ref().map(|(location, message)| Error::Backend {
-            location: location.clone(),
-            message: message.clone(),
-        })
+        self.shared
+            .broken
+            .get()
+            .map(|(location, message)| Error::Backend {
+                location: location.clone(),
+                message: message.clone(),
+            })
     }
 
     fn send(&self, pack: FinishedPack) -> Result<()> {
