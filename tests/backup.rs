@@ -228,6 +228,37 @@ fn a_file_whose_blob_left_the_index_is_read_again_in_an_unchanged_directory() {
     assert_eq!(std::fs::read(back.join("d/big")).unwrap(), data(3 << 20, 1));
 }
 
+/// Trees go through one packer: a backup of many directories read side by side stores
+/// its trees in one pack (they fit), not in one partly filled pack per thread.
+#[test]
+fn a_backup_keeps_its_trees_in_one_pack() {
+    use cairn::format::{BlobType, NodeKind};
+    use cairn::ops::walk;
+    let repo = Repo::new();
+    let src = repo.tmp.path().join("src");
+    for d in 0..1000 {
+        let dir = src.join(format!("d{:02}/e{d:03}", d % 10));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("f"), d.to_string()).unwrap();
+    }
+    repo.backup_json(&[src.as_os_str()]);
+    let lib = lib(&repo);
+    let (_, snap) = lib.find_snapshot("latest").unwrap();
+    let mut packs = std::collections::BTreeSet::new();
+    packs.insert(lib.locate(BlobType::Tree, &snap.tree).unwrap().pack);
+    let mut trees = 1;
+    walk::walk(&lib, &snap.tree, std::path::Path::new("/"), &mut |_, n| {
+        if let NodeKind::Dir { subtree } = &n.kind {
+            packs.insert(lib.locate(BlobType::Tree, subtree).unwrap().pack);
+            trees += 1;
+        }
+        Ok(true)
+    })
+    .unwrap();
+    assert!(trees > 1000, "{trees} trees");
+    assert_eq!(packs.len(), 1, "{trees} trees in packs {packs:?}");
+}
+
 fn lib_contains_tree(repo: &Repo, id: &cairn::BlobId) -> bool {
     lib(repo)
         .index()

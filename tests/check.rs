@@ -354,9 +354,17 @@ fn corrupt_snapshot_object_is_named() {
 fn deleted_tree_pack_names_each_snapshot_and_directory() {
     let f = fixture();
     let lib = f.lib();
-    // The pack holding the first snapshot's root tree.
+    // The pack holding the tree of `a/b`, which both snapshots share: the
+    // second backup left that directory unchanged. (The root trees may be in
+    // other packs: a backup writes its trees through more than one packer.)
     let (_, s0) = lib.find_snapshot(&f.snaps[0]).unwrap();
-    let tree_pack = lib.locate(BlobType::Tree, &s0.tree).unwrap().pack;
+    let node = walk::find_node(&lib, &s0.tree, &f.src.join("a/b"))
+        .unwrap()
+        .unwrap();
+    let NodeKind::Dir { subtree } = node.kind else {
+        panic!("a/b is a directory")
+    };
+    let tree_pack = lib.locate(BlobType::Tree, &subtree).unwrap().pack;
     // Expected: in each snapshot, the topmost directories whose tree is in that pack.
     let mut want = BTreeSet::new();
     for s in &f.snaps {

@@ -208,17 +208,18 @@ fn staging_error(path: &std::path::Path, e: std::io::Error) -> Error {
     }
 }
 
-/// Packers of one blob type filled side by side, at most this many: each one left partly
-/// full at the end of a backup becomes an object of its own, and a backup on many cores
-/// should not end with one per core.
-const MAX_PACKERS: usize = 4;
+/// Data packers filled side by side, at most this many: each one left partly full at the
+/// end of a backup becomes an object of its own, and a backup on many cores should not end
+/// with one per core.
+const MAX_DATA_PACKERS: usize = 4;
 
 /// The packers of one blob type: a thread takes one to add a blob and puts it back, so
 /// threads fill packs side by side instead of queueing for one.
-#[derive(Default)]
 struct PackerPool {
     state: Mutex<PoolState>,
     returned: std::sync::Condvar,
+    /// How many packers may exist at once.
+    max: usize,
 }
 
 #[derive(Default)]
@@ -229,7 +230,25 @@ struct PoolState {
 }
 
 impl PackerPool {
-    /// An idle packer, a new one while there are fewer than [`MAX_PACKERS`], or the next
+    fn new(max: usize) -> Self {
+        PackerPool {
+            state: Mutex::default(),
+            returned: std::sync::Condvar::new(),
+            max,
+        }
+    }
+
+    /// The packers of a blob type. Trees are small and added once per directory, so
+    /// one packer keeps up with them, and a backup's trees end up in as few packs as
+    /// possible.
+    fn for_type(ty: BlobType) -> Self {
+        match ty {
+            BlobType::Data => Self::new(MAX_DATA_PACKERS),
+            BlobType::Tree => Self::new(1),
+        }
+    }
+
+    /// An idle packer, a new one while there are fewer than `max`, or the next
     /// one put back (a packer is held only to add a blob or finish its pack).
     fn take(&self) -> Packer {
         let mut s = self.state.lock().expect("packers");
@@ -238,7 +257,7 @@ impl PackerPool {
                 s.out += 1;
                 return p;
             }
-            if s.out < MAX_PACKERS {
+            if s.out < self.max {
                 s.out += 1;
                 return Packer::default();
             }
@@ -300,7 +319,7 @@ impl<'r> BlobWriter<'r> {
         BlobWriter {
             repo,
             shared,
-            packers: Default::default(),
+            packers: [BlobType::Data, BlobType::Tree].map(PackerPool::for_type),
             tx: Some(tx),
             uploader: Some(uploader),
             dry_run,
@@ -630,12 +649,12 @@ mod tests {
             .unwrap()
     }
 
-    /// At most MAX_PACKERS packers of a type exist: one more is handed out only when one
-    /// is put back (or dropped), however many threads ask.
+    /// At most `max` packers of a type exist: one more is handed out only when one is
+    /// put back (or dropped), however many threads ask.
     #[test]
     fn the_pool_hands_out_at_most_max_packers() {
-        let pool = PackerPool::default();
-        let held: Vec<Packer> = (0..MAX_PACKERS).map(|_| pool.take()).collect();
+        let pool = PackerPool::for_type(BlobType::Data);
+        let held: Vec<Packer> = (0..MAX_DATA_PACKERS).map(|_| pool.take()).collect();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::scope(|s| {
             s.spawn(|| {
@@ -655,7 +674,7 @@ mod tests {
                 pool.put(Some(p));
             }
         });
-        assert_eq!(pool.drain().len(), MAX_PACKERS);
+        assert_eq!(pool.drain().len(), MAX_DATA_PACKERS);
     }
 
     /// Once a pack cannot be written, the writer adds nothing more and its `finish`
