@@ -31,6 +31,8 @@ fn is_mounted(dir: &Path) -> bool {
 struct Mounted {
     child: Option<Child>,
     dir: PathBuf,
+    /// Where its stderr goes.
+    stderr: PathBuf,
 }
 
 impl Mounted {
@@ -38,6 +40,7 @@ impl Mounted {
         let dir = repo.tmp.path().join("mnt");
         std::fs::create_dir_all(&dir).unwrap();
         let dir = dir.canonicalize().unwrap();
+        let stderr = repo.tmp.path().join("mount.stderr");
         let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -48,17 +51,18 @@ impl Mounted {
             .arg(&dir)
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
         let mut m = Mounted {
             child: Some(child),
             dir,
+            stderr,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !(is_mounted(&m.dir) && m.dir.join("snapshots").is_dir()) {
             if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("cairn mount exited early: {status}");
+                panic!("cairn mount exited early: {status}: {}", m.stderr_text());
             }
             assert!(Instant::now() < deadline, "no mount after 10 s");
             std::thread::sleep(Duration::from_millis(50));
@@ -66,7 +70,11 @@ impl Mounted {
         m
     }
 
-    /// SIGTERM, then the exit status (within 10 s) and whether the mount is gone.
+    fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit status (within 10 s); it must have printed no panic.
     fn stop(mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
@@ -82,6 +90,8 @@ impl Mounted {
                     .read_to_string(&mut out)
                     .unwrap();
                 assert!(out.starts_with("mounted at "), "stdout: {out:?}");
+                let err = self.stderr_text();
+                assert!(!err.contains("panicked"), "stderr: {err}");
                 return status;
             }
             assert!(

@@ -57,7 +57,7 @@ pub struct Announcement {
     backend: Arc<dyn Backend>,
     key: Arc<MasterKey>,
     refresher: Option<tokio::task::JoinHandle<()>>,
-    rt: Arc<tokio::runtime::Runtime>,
+    rt: Arc<super::IoRuntime>,
     written: Arc<Mutex<Written>>,
 }
 

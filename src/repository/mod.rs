@@ -72,7 +72,7 @@ impl Default for InitOptions {
 /// An open repository.
 pub struct Repository {
     backend: Arc<dyn Backend>,
-    rt: Arc<tokio::runtime::Runtime>,
+    rt: Arc<IoRuntime>,
     key: Arc<MasterKey>,
     key_id: KeyId,
     config: Config,
@@ -85,14 +85,39 @@ impl std::fmt::Debug for Repository {
     }
 }
 
-fn runtime() -> Result<Arc<tokio::runtime::Runtime>> {
+fn runtime() -> Result<Arc<IoRuntime>> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("cairn-io")
         .enable_all()
         .build()
-        .map(Arc::new)
+        .map(|rt| Arc::new(IoRuntime(Some(rt))))
         .map_err(|e| Error::io("tokio runtime", e))
+}
+
+/// The runtime that runs a repository's store I/O.
+///
+/// A task can hold the last reference to its repository (a mount's read-ahead that
+/// finishes after the file system was dropped), and then the runtime is dropped on one
+/// of its own threads, where tokio cannot wait for its tasks and panics. There it is
+/// shut down without waiting; everywhere else it waits as usual.
+pub struct IoRuntime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for IoRuntime {
+    type Target = tokio::runtime::Runtime;
+    fn deref(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("the runtime is taken only on drop")
+    }
+}
+
+impl Drop for IoRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                rt.shutdown_background();
+            }
+        }
+    }
 }
 
 impl Repository {
@@ -269,7 +294,7 @@ impl Repository {
         self.rt.block_on(f)
     }
 
-    pub fn runtime(&self) -> &Arc<tokio::runtime::Runtime> {
+    pub fn runtime(&self) -> &Arc<IoRuntime> {
         &self.rt
     }
 
@@ -668,5 +693,41 @@ impl IndexedRepository {
     /// A writer that counts what would be stored and stores nothing (`--dry-run`).
     pub fn dry_run_writer(&self) -> BlobWriter<'_> {
         BlobWriter::new(self, true, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{self, S3Options};
+
+    /// A task that drops the last reference to its repository, and with it the runtime
+    /// the task runs on, goes on instead of panicking in tokio.
+    #[test]
+    fn the_last_reference_dropped_in_a_task_does_not_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let store =
+            backend::open(root.to_str().unwrap(), true, &S3Options::with_defaults()).unwrap();
+        let init = InitOptions {
+            kdf: KdfParams::with_cost(1024, 1, 1),
+            ..Default::default()
+        };
+        let opts = RepoOptions {
+            cache_dir: Some(dir.path().join("cache")),
+            connections: 1,
+        };
+        let repo = Repository::init(store, b"pw", init, opts).unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        // A handle does not keep the runtime itself alive; the task holds the only
+        // reference to the repository.
+        repo.runtime().handle().clone().spawn(async move {
+            tokio::task::yield_now().await;
+            drop(repo);
+            done.send(()).unwrap();
+        });
+        finished
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the task went on after dropping the runtime");
     }
 }
