@@ -219,6 +219,15 @@ fn full_disk_stops_the_backup_and_says_what_to_do() {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     }
+    // Root in a container without CAP_SYS_ADMIN has no mount namespaces of its own.
+    let namespaces = std::process::Command::new("unshare")
+        .args(["-m", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !namespaces {
+        eprintln!("skipped: `unshare -m` is not allowed here");
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let (src, mnt, out) = (
         t.path().join("src"),
