@@ -526,6 +526,68 @@ fn unreadable_file_is_named_exit_3_rest_restorable() {
     assert!(!restored.join("secret").exists());
 }
 
+/// A small file (read whole, up to the size its stat gave) that grows while it is backed
+/// up is named, and what was stored of it is its beginning.
+#[test]
+fn a_small_file_growing_during_backup_is_named() {
+    let repo = Repo::new();
+    let src = repo.tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let log = src.join("small.log");
+    std::fs::write(&log, b"start\n").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (log, stop) = (log.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+            let mut n = 0u64;
+            // Stays far below the largest chunk, so the file is read whole.
+            while !stop.load(Ordering::Relaxed) && n < 100_000 {
+                f.write_all(b"x").unwrap();
+                n += 1;
+            }
+        })
+    };
+    // The appends run all the time, but a busy machine may leave the writer off the CPU
+    // for a whole backup: give it a few tries.
+    let mut named = false;
+    for _ in 0..10 {
+        let out = repo
+            .cmd()
+            .args(["backup", "--json"])
+            .arg(&src)
+            .output()
+            .unwrap();
+        let s = last_json_line(&out.stdout);
+        let problems = s["problems"].as_array().unwrap();
+        if out.status.code() == Some(3) {
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p["path"].as_str().unwrap().ends_with("small.log")
+                        && p["message"]
+                            .as_str()
+                            .unwrap()
+                            .contains("changed while being read")),
+                "{s:#}"
+            );
+            named = true;
+            break;
+        }
+        assert_eq!(out.status.code(), Some(0), "{s:#}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(
+        named,
+        "ten backups of a file appended to all the time, none named it"
+    );
+    let restored = std::fs::read(repo.restore_latest(&src).join("small.log")).unwrap();
+    let now = std::fs::read(&log).unwrap();
+    assert!(restored.len() > 5 && now.starts_with(&restored));
+}
+
 #[test]
 fn files_changing_during_backup_are_named_and_the_rest_restores() {
     let repo = Repo::new();

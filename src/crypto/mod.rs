@@ -111,8 +111,10 @@ fn seal_in_place_with(key: &[u8; 32], aad: &[u8], buf: &mut Vec<u8>) {
     use rand::RngCore;
     assert!(buf.len() >= NONCE_LEN, "no room for the nonce in front");
     let cipher = Aes256Gcm::new(key.into());
+    // A nonce needs to be unique, not secret: it comes from the thread's CSPRNG (ChaCha,
+    // seeded and reseeded from the OS), not from a system call per message.
     let mut nonce = [0u8; NONCE_LEN];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    rand::thread_rng().fill_bytes(&mut nonce);
     buf[..NONCE_LEN].copy_from_slice(&nonce);
     let tag = cipher
         .encrypt_inout_detached(&Nonce::from(nonce), aad, (&mut buf[NONCE_LEN..]).into())
@@ -150,6 +152,27 @@ mod tests {
         let k = MasterKey::random();
         assert_eq!(format!("{k:?}"), "MasterKey(<redacted>)");
         assert_ne!(k.chunker_seed(), 0);
+    }
+
+    /// Every message gets its own nonce, in every thread: a repeated nonce under one
+    /// key would give away the XOR of two plaintexts and GCM's authentication key.
+    #[test]
+    fn nonces_do_not_repeat() {
+        let k = MasterKey::random();
+        let nonces: Vec<Vec<[u8; NONCE_LEN]>> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..10_000)
+                            .map(|_| k.seal(b"", b"same")[..NONCE_LEN].try_into().unwrap())
+                            .collect()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let all: std::collections::HashSet<_> = nonces.iter().flatten().collect();
+        assert_eq!(all.len(), 40_000);
     }
 
     proptest! {

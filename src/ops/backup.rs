@@ -953,16 +953,44 @@ fn backup_file(
         }
     };
     ctx.progress.files.fetch_add(1, Ordering::Relaxed);
+    // A file read whole is read up to its size and checked after; a larger one is
+    // checked before it is streamed, so a FIFO or device that took its name since it
+    // was listed is not read without end.
+    if meta.size > ctx.repo.config().chunker.max as u64 {
+        match file.metadata() {
+            Ok(now) if is_listed_file(&now, meta) => {}
+            Ok(now) => {
+                ctx.problem(path, replaced(&now));
+                return Ok(None);
+            }
+            Err(e) => {
+                ctx.problem(path, format!("cannot stat the open file: {e}"));
+                return Ok(None);
+            }
+        }
+    }
     let (content, read) = match store_stream(ctx, &file, meta.size) {
         Ok(r) => r,
         Err(Error::Io { error, .. }) => {
-            ctx.problem(path, format!("read error: {error}"));
+            let problem = match file.metadata() {
+                Ok(now) if !is_listed_file(&now, meta) => replaced(&now),
+                _ => format!("read error: {error}"),
+            };
+            ctx.problem(path, problem);
             return Ok(None);
         }
         Err(e) => return Err(e),
     };
     ctx.total_bytes.fetch_add(read, Ordering::Relaxed);
-    if read != meta.size {
+    let after = file.metadata();
+    if let Some(now) = after.as_ref().ok().filter(|now| !is_listed_file(now, meta)) {
+        // What was read is not the file that was listed: it took the name since. Another
+        // regular file is kept as read (a config file replaced by a rename, say).
+        ctx.problem(path, replaced(now));
+        if !now.file_type().is_file() {
+            return Ok(None);
+        }
+    } else if read != meta.size {
         ctx.problem(
             path,
             format!(
@@ -970,10 +998,18 @@ fn backup_file(
                 meta.size
             ),
         );
-    } else if let Ok(after) = file.metadata() {
-        if (after.dev(), after.ino()) != (meta.dev, meta.ino) {
-            // What was read is another file than the one statted: it took the name since.
-            ctx.problem(path, "file was replaced while being read");
+    } else if let Ok(after) = after {
+        if after.len() != meta.size {
+            // Grew while (or since it was statted and before it was) read: what was
+            // stored is its first `size` bytes.
+            ctx.problem(
+                path,
+                format!(
+                    "file changed while being read (size was {}, is now {})",
+                    meta.size,
+                    after.len()
+                ),
+            );
         } else if ts(after.mtime(), after.mtime_nsec()) != meta.mtime {
             ctx.problem(path, "file changed while being read (mtime changed)");
         }
@@ -983,6 +1019,33 @@ fn backup_file(
         read,
         xattrs: scan::file_xattrs(&file),
     }))
+}
+
+/// Whether an open file is the regular file `meta` describes.
+fn is_listed_file(now: &std::fs::Metadata, meta: &Meta) -> bool {
+    now.file_type().is_file() && (now.dev(), now.ino()) == (meta.dev, meta.ino)
+}
+
+/// The problem of a file that another one replaced between listing and opening.
+fn replaced(now: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    let ty = now.file_type();
+    let what = if ty.is_file() {
+        "another file"
+    } else if ty.is_fifo() {
+        "a FIFO"
+    } else if ty.is_char_device() || ty.is_block_device() {
+        "a device"
+    } else if ty.is_socket() {
+        "a socket"
+    } else {
+        "something else"
+    };
+    if ty.is_file() {
+        "file was replaced by another file since it was listed".to_string()
+    } else {
+        format!("file was replaced by {what} since it was listed; not read")
+    }
 }
 
 /// What [`backup_file`] stored of a file.
@@ -1004,10 +1067,17 @@ pub(super) fn store_stream<R: Read + Send>(
     let seed = ctx.repo.key().chunker_seed();
     let io = |e: std::io::Error| Error::io("<input>", e);
     if size_hint <= params.max as u64 {
+        // Read the size the stat gave and no further, which saves the read that would
+        // find the end: the caller compares the size after reading. A size of 0 may be
+        // a file that has content all the same (procfs), so that one is read to its end.
+        let limit = match size_hint {
+            0 => params.max as u64 + 1,
+            n => n,
+        };
         let mut buf = Vec::with_capacity(size_hint as usize);
         reader
             .by_ref()
-            .take(params.max as u64 + 1)
+            .take(limit)
             .read_to_end(&mut buf)
             .map_err(io)?;
         if buf.len() <= params.max as usize {
@@ -1266,4 +1336,36 @@ pub(super) fn backup_stream(
         )?;
     }
     Ok((tree, vec![format!("/{}", info.name)], info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What took a listed file's name between listing and opening: the same file, another
+    /// regular file (kept, named), or a FIFO (named, not read).
+    #[test]
+    fn what_took_a_listed_files_name_is_told_apart() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("f"), b"listed").unwrap();
+        std::fs::write(t.path().join("g"), b"another").unwrap();
+        nix::unistd::mkfifo(
+            &t.path().join("p"),
+            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        )
+        .unwrap();
+        let listed = scan::Meta::of_path(&t.path().join("f")).unwrap();
+        let now = |name: &str| std::fs::symlink_metadata(t.path().join(name)).unwrap();
+        assert!(is_listed_file(&now("f"), &listed));
+        assert!(!is_listed_file(&now("g"), &listed));
+        assert_eq!(
+            replaced(&now("g")),
+            "file was replaced by another file since it was listed"
+        );
+        assert!(!is_listed_file(&now("p"), &listed));
+        assert_eq!(
+            replaced(&now("p")),
+            "file was replaced by a FIFO since it was listed; not read"
+        );
+    }
 }

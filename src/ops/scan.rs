@@ -196,14 +196,16 @@ impl Dir {
 
 /// Open the regular file `rel` under `at` for reading. A symlink is not followed: what
 /// was statted as a file and is a link by now fails to open. Nor does a FIFO put there
-/// since block the backup (`O_NONBLOCK`, which regular files ignore): reading it fails.
+/// since block the backup (`O_NONBLOCK`, which regular files ignore): the caller finds
+/// it is no regular file. A file under another process's write lease (Samba's oplocks)
+/// fails a non-blocking open with `EWOULDBLOCK`; it is opened again, waiting for the
+/// lease to be given up, as a plain open would.
 pub(super) fn open_file(at: BorrowedFd<'_>, rel: &CStr) -> io::Result<std::fs::File> {
-    let fd = nix::fcntl::openat(
-        at,
-        rel,
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
-        Mode::empty(),
-    )?;
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = match nix::fcntl::openat(at, rel, flags | OFlag::O_NONBLOCK, Mode::empty()) {
+        Err(nix::errno::Errno::EWOULDBLOCK) => nix::fcntl::openat(at, rel, flags, Mode::empty()),
+        other => other,
+    }?;
     Ok(std::fs::File::from(fd))
 }
 
@@ -292,7 +294,7 @@ mod tests {
             .unwrap();
         assert_eq!(got, "content");
         // Put where a file was statted, a FIFO without a writer opens at once and reads
-        // as empty (the backup then reports a size change) instead of waiting forever.
+        // as empty (the backup then finds it is no regular file) instead of waiting.
         let mut fifo = open_file(d.fd(), c"p").unwrap();
         assert_eq!(fifo.read(&mut [0u8; 16]).unwrap(), 0);
     }

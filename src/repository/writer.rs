@@ -227,6 +227,9 @@ struct PoolState {
     idle: Vec<Packer>,
     /// Packers taken and not put back.
     out: usize,
+    /// Threads waiting for one to come back. Waking costs a system call even when no
+    /// thread waits, and packers are put back once per blob.
+    waiting: usize,
 }
 
 impl PackerPool {
@@ -261,7 +264,9 @@ impl PackerPool {
                 s.out += 1;
                 return Packer::default();
             }
+            s.waiting += 1;
             s = self.returned.wait(s).expect("packers");
+            s.waiting -= 1;
         }
     }
 
@@ -270,12 +275,43 @@ impl PackerPool {
         let mut s = self.state.lock().expect("packers");
         s.out -= 1;
         s.idle.extend(p);
-        self.returned.notify_one();
+        if s.waiting > 0 {
+            self.returned.notify_one();
+        }
     }
 
     /// The idle packers, taken out (when nothing adds any more).
     fn drain(&self) -> Vec<Packer> {
         std::mem::take(&mut self.state.lock().expect("packers").idle)
+    }
+}
+
+/// A packer taken from its pool. Unless given back, it is dropped with its file when
+/// this is (an error, or a panic while it was held), and the pool hands out a new one in
+/// its place, so no thread waits for it forever.
+struct Lent<'p> {
+    pool: &'p PackerPool,
+    packer: Option<Packer>,
+}
+
+impl<'p> Lent<'p> {
+    fn take(pool: &'p PackerPool) -> Self {
+        Lent {
+            pool,
+            packer: Some(pool.take()),
+        }
+    }
+
+    fn give_back(mut self) {
+        self.pool.put(self.packer.take());
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if self.packer.take().is_some() {
+            self.pool.put(None);
+        }
     }
 }
 
@@ -419,9 +455,9 @@ impl<'r> BlobWriter<'r> {
         if let Some(e) = self.broken() {
             return Err(e);
         }
-        let pool = &self.packers[slot(ty)];
-        let mut p = pool.take();
-        let added = add(&mut p).and_then(|()| {
+        let mut lent = Lent::take(&self.packers[slot(ty)]);
+        let p = lent.packer.as_mut().expect("just taken");
+        let added = add(p).and_then(|()| {
             Ok(if p.len >= self.repo.config().pack_size as u64 {
                 Some(p.take(self.repo.key())?)
             } else {
@@ -432,9 +468,9 @@ impl<'r> BlobWriter<'r> {
         // (a write can fail halfway, a full disk frees up again): it is dropped with its
         // file, never finished and uploaded, and the writer is broken from then on.
         match &added {
-            Ok(_) => pool.put(Some(p)),
+            Ok(_) => lent.give_back(),
             Err(e) => {
-                pool.put(None);
+                drop(lent);
                 let (location, message) = match e {
                     Error::Backend { location, message } => (location.clone(), message.clone()),
                     other => (self.staging.display().to_string(), other.to_string()),
@@ -675,6 +711,23 @@ mod tests {
             }
         });
         assert_eq!(pool.drain().len(), MAX_DATA_PACKERS);
+    }
+
+    /// A panic while a thread holds the only tree packer does not leave the others
+    /// waiting for it.
+    #[test]
+    fn a_panic_while_adding_gives_the_packer_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = local_repo(dir.path());
+        let w = repo.writer();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            w.with_packer(BlobType::Tree, |_| panic!("while adding"))
+        }));
+        assert!(panicked.is_err());
+        // Counted as given up: the next thread gets a new packer instead of waiting.
+        let pool = &w.packers[slot(BlobType::Tree)];
+        assert_eq!(pool.state.lock().unwrap().out, 0);
+        assert!(w.with_packer(BlobType::Tree, |_| Ok(())).is_ok());
     }
 
     /// Once a pack cannot be written, the writer adds nothing more and its `finish`
