@@ -696,28 +696,38 @@ impl IndexedRepository {
     }
 }
 
+/// A repository in `dir/repo` with its cache in `dir/cache`, password `pw`, and an
+/// Argon2id cost low enough for unit tests.
+#[cfg(test)]
+pub(crate) fn test_repository(dir: &std::path::Path, connections: usize) -> Repository {
+    let root = dir.join("repo");
+    let store = crate::backend::open(
+        root.to_str().expect("a UTF-8 temporary directory"),
+        true,
+        &crate::backend::S3Options::with_defaults(),
+    )
+    .expect("a local store");
+    let init = InitOptions {
+        kdf: KdfParams::with_cost(1024, 1, 1),
+        ..Default::default()
+    };
+    let opts = RepoOptions {
+        cache_dir: Some(dir.join("cache")),
+        connections,
+    };
+    Repository::init(store, b"pw", init, opts).expect("init")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{self, S3Options};
 
     /// A task that drops the last reference to its repository, and with it the runtime
     /// the task runs on, goes on instead of panicking in tokio.
     #[test]
     fn the_last_reference_dropped_in_a_task_does_not_panic() {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("repo");
-        let store =
-            backend::open(root.to_str().unwrap(), true, &S3Options::with_defaults()).unwrap();
-        let init = InitOptions {
-            kdf: KdfParams::with_cost(1024, 1, 1),
-            ..Default::default()
-        };
-        let opts = RepoOptions {
-            cache_dir: Some(dir.path().join("cache")),
-            connections: 1,
-        };
-        let repo = Repository::init(store, b"pw", init, opts).unwrap();
+        let repo = test_repository(dir.path(), 1);
         let (done, finished) = std::sync::mpsc::channel();
         // A handle does not keep the runtime itself alive; the task holds the only
         // reference to the repository.

@@ -664,23 +664,9 @@ async fn flush(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{self, S3Options};
-    use crate::repository::{InitOptions, RepoOptions, Repository};
 
     fn local_repo(dir: &std::path::Path) -> crate::repository::IndexedRepository {
-        let root = dir.join("repo");
-        let store =
-            backend::open(root.to_str().unwrap(), true, &S3Options::with_defaults()).unwrap();
-        let init = InitOptions {
-            kdf: crate::crypto::kdf::KdfParams::with_cost(1024, 1, 1),
-            ..Default::default()
-        };
-        let opts = RepoOptions {
-            cache_dir: Some(dir.join("cache")),
-            connections: 1,
-        };
-        Repository::init(store, b"pw", init, opts)
-            .unwrap()
+        crate::repository::test_repository(dir, 1)
             .into_indexed()
             .unwrap()
     }

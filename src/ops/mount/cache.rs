@@ -193,22 +193,7 @@ mod tests {
     #[test]
     fn blob_cache_is_bounded_and_serves_verified_blobs() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::backend::open(
-            dir.path().join("r").to_str().unwrap(),
-            true,
-            &Default::default(),
-        )
-        .unwrap();
-        let opts = crate::repository::InitOptions {
-            kdf: crate::crypto::kdf::KdfParams::with_cost(1024, 1, 1),
-            ..Default::default()
-        };
-        let ro = crate::repository::RepoOptions {
-            cache_dir: Some(dir.path().join("cache")),
-            connections: 2,
-        };
-        let repo = crate::Repository::init(store, b"pw", opts, ro)
-            .unwrap()
+        let repo = crate::repository::test_repository(dir.path(), 2)
             .into_indexed()
             .unwrap();
         let blobs: Vec<Vec<u8>> = (0..6).map(|i| crate::util::seeded_bytes(1000, i)).collect();
