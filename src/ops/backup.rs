@@ -953,12 +953,14 @@ fn backup_file(
         }
     };
     ctx.progress.files.fetch_add(1, Ordering::Relaxed);
-    // A file read whole is read up to its size and checked after; a larger one is
-    // checked before it is streamed, so a FIFO or device that took its name since it
-    // was listed is not read without end.
-    if meta.size > ctx.repo.config().chunker.max as u64 {
+    // A file read whole is read up to its size and checked after. One that may be
+    // streamed (larger than a chunk, or listed as empty, which is read to its end) is
+    // checked before, so a FIFO or device that took its name since it was listed is not
+    // read without end.
+    let may_stream = meta.size == 0 || meta.size > ctx.repo.config().chunker.max as u64;
+    if may_stream {
         match file.metadata() {
-            Ok(now) if is_listed_file(&now, meta) => {}
+            Ok(now) if now.file_type().is_file() => {}
             Ok(now) => {
                 ctx.problem(path, replaced(&now));
                 return Ok(None);
@@ -1031,7 +1033,7 @@ fn replaced(now: &std::fs::Metadata) -> String {
     use std::os::unix::fs::FileTypeExt;
     let ty = now.file_type();
     let what = if ty.is_file() {
-        "another file"
+        return "file was replaced by another file since it was listed".to_string();
     } else if ty.is_fifo() {
         "a FIFO"
     } else if ty.is_char_device() || ty.is_block_device() {
@@ -1041,11 +1043,7 @@ fn replaced(now: &std::fs::Metadata) -> String {
     } else {
         "something else"
     };
-    if ty.is_file() {
-        "file was replaced by another file since it was listed".to_string()
-    } else {
-        format!("file was replaced by {what} since it was listed; not read")
-    }
+    format!("file was replaced by {what} since it was listed; not read")
 }
 
 /// What [`backup_file`] stored of a file.
