@@ -168,14 +168,19 @@ fn backup_while_changing(
     while started.elapsed() < Duration::from_secs(60) {
         if read_offset(pid, log).is_some() {
             kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
-            // Stopped: the offset cannot move now. Short of the end means the backup
-            // reads on after the change, and sees the size it noted change.
-            if read_offset(pid, log).is_some_and(|pos| pos < size) {
+            // Stopped: the offset cannot move now. Past the start and short of the end
+            // means the backup has read some of the log and reads on after the change,
+            // seeing the size it noted change. At the start (open, not read yet: the
+            // backup checks what it opened first) it is let go on and caught later.
+            let pos = read_offset(pid, log);
+            if pos.is_some_and(|pos| pos > 0 && pos < size) {
                 change(log);
                 caught = true;
             }
             kill(Pid::from_raw(pid as i32), Signal::SIGCONT).unwrap();
-            break;
+            if pos != Some(0) {
+                break;
+            }
         }
         if std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map(|s| s.contains(") Z"))
