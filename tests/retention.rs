@@ -21,9 +21,14 @@ fn write_files(dir: &Path, files: &[(&str, Vec<u8>)]) {
     }
 }
 
+/// Back up `src` as at `time`. On one worker thread: the tests here count which packs a
+/// prune deletes and which it repacks, and threads filling data packs side by side
+/// would make that layout a matter of timing (a backup's shared and own blobs could land
+/// in separate packs, leaving nothing to repack).
 fn backup_at(repo: &Repo, src: &Path, time: &str, extra: &[&str]) -> String {
     let out = run_ok(
         repo.cmd()
+            .env("RAYON_NUM_THREADS", "1")
             .args(["backup", "--json", "--time", time])
             .args(extra)
             .arg(src),
