@@ -125,9 +125,8 @@ fn post_command_runs_when_the_backup_is_interrupted() {
         .spawn()
         .unwrap();
     // Wait until the backup runs (its lock object is written), then stop it.
-    let locks = repo.path.join("locks");
     for _ in 0..100 {
-        if std::fs::read_dir(&locks).map(|d| d.count()).unwrap_or(0) > 0 {
+        if repo.lock_objects() > 0 {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));

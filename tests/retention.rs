@@ -458,8 +458,7 @@ fn a_killed_backup_holds_back_deletion_until_its_lock_is_stale() {
     write_files(&src, &[("b", data(300_000, 2))]);
     backup_at(&repo, &src, "2026-11-02T00:00:00Z", &[]);
     // A backup that is killed while it runs.
-    let locks = repo.path.join("locks");
-    let before = std::fs::read_dir(&locks).unwrap().count();
+    let before = repo.lock_objects();
     let mut child = repo
         .cmd_std()
         .args([
@@ -474,7 +473,7 @@ fn a_killed_backup_holds_back_deletion_until_its_lock_is_stale() {
         .spawn()
         .unwrap();
     for _ in 0..100 {
-        if std::fs::read_dir(&locks).unwrap().count() > before {
+        if repo.lock_objects() > before {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));

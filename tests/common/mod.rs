@@ -117,6 +117,18 @@ impl Repo {
         walk(&self.path.join(folder))
     }
 
+    /// How many lock objects are in `locks/`, not counting one still being written (the
+    /// local store writes `NAME#N` first, then links it to `NAME`).
+    pub fn lock_objects(&self) -> usize {
+        std::fs::read_dir(self.path.join("locks"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().contains('#'))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     /// Every index file, as `cairn cat index` prints it. A backup may write several
     /// (one every few seconds while packs arrive slowly).
     pub fn index_files_json(&self) -> Vec<serde_json::Value> {
