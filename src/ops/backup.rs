@@ -984,37 +984,36 @@ fn backup_file(
         Err(e) => return Err(e),
     };
     ctx.total_bytes.fetch_add(read, Ordering::Relaxed);
-    let after = file.metadata();
-    if let Some(now) = after.as_ref().ok().filter(|now| !is_listed_file(now, meta)) {
+    match file.metadata() {
         // What was read is not the file that was listed: it took the name since. Another
         // regular file is kept as read (a config file replaced by a rename, say).
-        ctx.problem(path, replaced(now));
-        if !now.file_type().is_file() {
-            return Ok(None);
+        Ok(now) if !is_listed_file(&now, meta) => {
+            ctx.problem(path, replaced(&now));
+            if !now.file_type().is_file() {
+                return Ok(None);
+            }
         }
-    } else if read != meta.size {
-        ctx.problem(
+        _ if read != meta.size => ctx.problem(
             path,
             format!(
                 "file changed while being read (size was {}, read {read} bytes)",
                 meta.size
             ),
-        );
-    } else if let Ok(after) = after {
-        if after.len() != meta.size {
-            // Grew while (or since it was statted and before it was) read: what was
-            // stored is its first `size` bytes.
-            ctx.problem(
-                path,
-                format!(
-                    "file changed while being read (size was {}, is now {})",
-                    meta.size,
-                    after.len()
-                ),
-            );
-        } else if ts(after.mtime(), after.mtime_nsec()) != meta.mtime {
-            ctx.problem(path, "file changed while being read (mtime changed)");
+        ),
+        // Grew while (or since it was statted and before it was) read: what was stored
+        // is its first `size` bytes.
+        Ok(now) if now.len() != meta.size => ctx.problem(
+            path,
+            format!(
+                "file changed while being read (size was {}, is now {})",
+                meta.size,
+                now.len()
+            ),
+        ),
+        Ok(now) if ts(now.mtime(), now.mtime_nsec()) != meta.mtime => {
+            ctx.problem(path, "file changed while being read (mtime changed)")
         }
+        _ => {}
     }
     Ok(Some(ReadFile {
         content,
@@ -1032,9 +1031,10 @@ fn is_listed_file(now: &std::fs::Metadata, meta: &Meta) -> bool {
 fn replaced(now: &std::fs::Metadata) -> String {
     use std::os::unix::fs::FileTypeExt;
     let ty = now.file_type();
-    let what = if ty.is_file() {
+    if ty.is_file() {
         return "file was replaced by another file since it was listed".to_string();
-    } else if ty.is_fifo() {
+    }
+    let what = if ty.is_fifo() {
         "a FIFO"
     } else if ty.is_char_device() || ty.is_block_device() {
         "a device"

@@ -527,9 +527,8 @@ impl<'r> BlobWriter<'r> {
             .filter(|p| !p.blobs.is_empty())
             .collect();
         for mut p in partial {
-            match p.take(self.repo.key()).and_then(|pack| self.send(pack)) {
-                Ok(()) => {}
-                Err(e) => send_err = Some(e),
+            if let Err(e) = p.take(self.repo.key()).and_then(|pack| self.send(pack)) {
+                send_err = Some(e);
             }
         }
         drop(self.tx.take());
