@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use std::io::Write;
+use std::io::{IoSlice, Write};
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -107,6 +107,18 @@ struct FinishedPack {
 /// system call for every blob.
 const WRITE_SIZE: usize = 512 << 10;
 
+/// A sealed blob this large is written from the buffer it was sealed in, together with
+/// what is gathered, instead of being copied after it (most of a backup's bytes are in
+/// such blobs; the copy was 2% of a first backup's CPU).
+const DIRECT_WRITE: usize = 128 << 10;
+
+/// A pack file is given its disk space this much at a time, ahead of the writes that fill
+/// it. A write into space the file already has skips the file system's per-page work of
+/// reserving space for it (ext4: 0.16 s of system time to write and sync 44 packs of
+/// 16 MiB in 512 KiB writes, 0.11 s with 4 MiB steps; 1 MiB steps saved less, 16 MiB no
+/// more).
+const ALLOCATE_STEP: u64 = 4 << 20;
+
 /// Fills one pack. Sealed blobs go to a temporary file in writes of up to [`WRITE_SIZE`],
 /// hashed as they are written, so a pack never sits in memory: memory does not grow with
 /// the pack size or with the number of uploads in flight.
@@ -118,6 +130,14 @@ struct Packer {
     hasher: blake3::Hasher,
     /// Bytes in the pack so far, written or not.
     len: u64,
+    /// Bytes written to the file.
+    written: u64,
+    /// The file's size: its written bytes and the space allocated after them, which
+    /// [`Packer::take`] cuts off.
+    allocated: u64,
+    /// Allocation failed once (a file system without `fallocate`, or too little room for
+    /// a step): the rest of this pack is written without it.
+    no_allocate: bool,
     blobs: Vec<PackBlob>,
 }
 
@@ -138,13 +158,17 @@ impl Packer {
                 .map_err(|e| staging_error(dir, e))?;
             self.file = Some(f.into_parts());
         }
-        if self.buf.len() + sealed.len() > WRITE_SIZE {
-            self.flush()?;
-        }
-        if sealed.len() >= WRITE_SIZE {
-            // Large enough to write as it is.
-            self.write(sealed)?;
+        if sealed.len() >= DIRECT_WRITE {
+            // Written from where it was sealed, after what is gathered, in one call.
+            let buf = std::mem::take(&mut self.buf);
+            let written = self.write(&buf, sealed);
+            self.buf = buf;
+            self.buf.clear();
+            written?;
         } else {
+            if self.buf.len() + sealed.len() > WRITE_SIZE {
+                self.flush()?;
+            }
             if self.buf.capacity() == 0 {
                 self.buf.reserve_exact(WRITE_SIZE);
             }
@@ -163,25 +187,60 @@ impl Packer {
 
     fn flush(&mut self) -> Result<()> {
         let buf = std::mem::take(&mut self.buf);
-        let written = self.write(&buf);
+        let written = self.write(&buf, &[]);
         self.buf = buf;
         self.buf.clear();
         written
     }
 
-    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+    /// Write `first`, then `second`, in one system call when the kernel takes both.
+    fn write(&mut self, first: &[u8], second: &[u8]) -> Result<()> {
         let (f, path) = self.file.as_mut().expect("pack file open");
-        f.write_all(bytes).map_err(|e| staging_error(path, e))?;
-        self.hasher.update(bytes);
+        let end = self.written + (first.len() + second.len()) as u64;
+        if end > self.allocated && !self.no_allocate {
+            let step = ALLOCATE_STEP.max(end - self.allocated);
+            // Not fatal when it fails: the writes that follow report a full disk.
+            match rustix::fs::fallocate(
+                &*f,
+                rustix::fs::FallocateFlags::empty(),
+                self.allocated,
+                step,
+            ) {
+                Ok(()) => self.allocated += step,
+                Err(_) => self.no_allocate = true,
+            }
+        }
+        let mut slices = [IoSlice::new(first), IoSlice::new(second)];
+        let mut rest = &mut slices[..];
+        IoSlice::advance_slices(&mut rest, 0);
+        while !rest.is_empty() {
+            match f.write_vectored(rest) {
+                Ok(0) => return Err(staging_error(path, std::io::ErrorKind::WriteZero.into())),
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(staging_error(path, e)),
+            }
+        }
+        self.written = end;
+        self.hasher.update(first);
+        self.hasher.update(second);
         Ok(())
     }
 
     fn take(&mut self, key: &MasterKey) -> Result<FinishedPack> {
         let blobs = std::mem::take(&mut self.blobs);
         let tail = PackHeader::new(blobs.clone()).seal_with_trailer(key);
-        self.flush()?;
-        self.write(&tail)?;
-        let (_, path) = self.file.take().expect("pack has blobs");
+        let buf = std::mem::take(&mut self.buf);
+        let written = self.write(&buf, &tail);
+        self.buf = buf;
+        self.buf.clear();
+        written?;
+        let (f, path) = self.file.take().expect("pack has blobs");
+        if self.allocated > self.written {
+            f.set_len(self.written)
+                .map_err(|e| staging_error(&path, e))?;
+        }
+        (self.written, self.allocated, self.no_allocate) = (0, 0, false);
         let id = PackId(Id(*self.hasher.finalize().as_bytes()));
         self.hasher = blake3::Hasher::new();
         let size = std::mem::take(&mut self.len) + tail.len() as u64;
@@ -696,6 +755,54 @@ mod tests {
             }
         });
         assert_eq!(pool.drain().len(), MAX_DATA_PACKERS);
+    }
+
+    /// A pack file given its space ahead of the writes ends at the pack's last byte: its
+    /// length is the pack's size and its bytes hash to the pack's id, whether the last
+    /// step of space was used up, partly used, or a write needed more than a step.
+    #[test]
+    fn a_pack_file_is_cut_to_what_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = local_repo(dir.path());
+        let staging = dir.path().join("staging");
+        let step = ALLOCATE_STEP as usize;
+        let blob_sizes: [&[usize]; 5] = [
+            &[100],
+            &[WRITE_SIZE - 7, WRITE_SIZE + 1, 3],
+            &[
+                1000,
+                DIRECT_WRITE,
+                5,
+                DIRECT_WRITE - 1,
+                WRITE_SIZE - 2000,
+                3000,
+            ],
+            &[step + 5, 10],
+            &[step / 2, step / 2, step / 2, 1],
+        ];
+        for sizes in blob_sizes {
+            let mut p = Packer::default();
+            let blob = |i: usize, n: usize| -> Vec<u8> {
+                (0..n).map(|j| ((i + j) % 251) as u8 + 1).collect()
+            };
+            for (i, &n) in sizes.iter().enumerate() {
+                let id = BlobId(Id([i as u8; 32]));
+                p.add(&staging, BlobType::Data, id, &blob(i, n), n).unwrap();
+            }
+            let pack = p.take(repo.key()).unwrap();
+            let bytes = std::fs::read(&pack.file).unwrap();
+            assert_eq!(bytes.len() as u64, pack.size, "blobs of {sizes:?}");
+            assert_eq!(PackId(Id(*blake3::hash(&bytes).as_bytes())), pack.id);
+            let mut offset = 0;
+            for (i, (&n, b)) in sizes.iter().zip(&pack.blobs).enumerate() {
+                assert_eq!((b.offset, b.length as usize), (offset as u64, n));
+                assert!(
+                    bytes[offset..offset + n] == blob(i, n),
+                    "blob {i} of {sizes:?}"
+                );
+                offset += n;
+            }
+        }
     }
 
     /// A panic while a thread holds the only tree packer does not leave the others
