@@ -540,7 +540,12 @@ fn backup_vdir(
                 };
                 // `p` is `real/name`: the virtual directories are its components.
                 let at = nix::fcntl::AT_FDCWD;
-                if let Some(e) = backup_entry(ctx, at, &abs, real, name_os, pnode, dev)? {
+                let name = Listed {
+                    rel: &abs,
+                    name: name_os,
+                    as_file: false,
+                };
+                if let Some(e) = backup_entry(ctx, at, name, real, pnode, dev)? {
                     entries.push(e);
                 }
             }
@@ -726,7 +731,7 @@ fn check_reused(ctx: &Ctx, dir: &Path, node: &mut Node, meta: &Meta) -> Result<O
             return Ok(Outcome::Dropped);
         };
         return Ok(
-            match backup_file(ctx, nix::fcntl::AT_FDCWD, &abs, &path, meta)? {
+            match backup_file(ctx, nix::fcntl::AT_FDCWD, &abs, &path, meta, None)? {
                 Some(f) => {
                     node.kind = NodeKind::File { content: f.content };
                     // The size of the stored content, as for any file read.
@@ -756,21 +761,48 @@ fn count_unmodified(ctx: &Ctx, len: u64) {
 /// with `AT_FDCWD`). `parent` is the same entry in the parent snapshot, taken: an
 /// unchanged file's node is the parent's, brought up to date. `dev` is the source's file
 /// system.
+/// An entry of a directory listing, by name under the directory's descriptor.
+struct Listed<'a> {
+    rel: &'a CStr,
+    name: &'a OsStr,
+    /// The listing gave it as a regular file.
+    as_file: bool,
+}
+
 fn backup_entry(
     ctx: &Ctx,
     at: BorrowedFd<'_>,
-    rel: &CStr,
+    listed: Listed<'_>,
     dir: &Path,
-    name: &OsStr,
     parent: Option<Node>,
     dev: u64,
 ) -> Result<Option<Entry>> {
-    let meta = match Meta::at(at, rel) {
-        Ok(m) => m,
-        Err(e) => {
-            ctx.problem(&dir.join(name), format!("cannot stat: {e}"));
-            return Ok(None);
-        }
+    let Listed {
+        rel,
+        name,
+        as_file: listed_as_file,
+    } = listed;
+    // A new file (none in the parent to compare with) is opened first and statted
+    // open: one path lookup fewer. When that fails, or finds something else, it is
+    // statted by name as any other entry, and its problems are named the same way.
+    let mut opened = None;
+    if listed_as_file && parent.is_none() {
+        opened = scan::open_file(at, rel)
+            .ok()
+            .and_then(|f| match Meta::of_file(&f) {
+                Ok(m) if m.is_file() => Some((f, m)),
+                _ => None,
+            });
+    }
+    let meta = match &opened {
+        Some((_, m)) => *m,
+        None => match Meta::at(at, rel) {
+            Ok(m) => m,
+            Err(e) => {
+                ctx.problem(&dir.join(name), format!("cannot stat: {e}"));
+                return Ok(None);
+            }
+        },
     };
     // The bytes a read stored, which differ from the stat's size when the file changed.
     let mut read_size = None;
@@ -832,7 +864,7 @@ fn backup_entry(
         if parent_was_file {
             ctx.progress.files_changed.fetch_add(1, Ordering::Relaxed);
         }
-        match backup_file(ctx, at, rel, &path, &meta)? {
+        match backup_file(ctx, at, rel, &path, &meta, opened.map(|(f, _)| f))? {
             // Its blobs may be pending in this backup's writer: not complete.
             Some(f) => {
                 read_size = Some(f.read);
@@ -925,7 +957,12 @@ fn backup_dir_contents(
             if ctx.select.excludes_any() && ctx.select.excluded(&path.join(n)) {
                 return Ok(None);
             }
-            backup_entry(ctx, fd, c, path, n, p, dev)
+            let name = Listed {
+                rel: c,
+                name: n,
+                as_file: names.listed_as_file(i),
+            };
+            backup_entry(ctx, fd, name, path, p, dev)
         })
         .collect_into_vec(&mut done);
     let mut entries = Vec::with_capacity(done.len());
@@ -936,16 +973,18 @@ fn backup_dir_contents(
 }
 
 /// Store a file's content; its blobs and length. `Ok(None)` when it could not be read
-/// (problem recorded).
+/// (problem recorded). `opened` is the file already open, when `meta` is its `fstat`.
 fn backup_file(
     ctx: &Ctx,
     at: BorrowedFd<'_>,
     rel: &CStr,
     path: &Path,
     meta: &Meta,
+    opened: Option<std::fs::File>,
 ) -> Result<Option<ReadFile>> {
-    // Opened and statted through its directory's descriptor: no path lookup.
-    let file = match scan::open_file(at, rel) {
+    let statted_open = opened.is_some();
+    // Opened through its directory's descriptor: no path lookup.
+    let file = match opened.map_or_else(|| scan::open_file(at, rel), Ok) {
         Ok(f) => f,
         Err(e) => {
             ctx.problem(path, format!("cannot open: {e}"));
@@ -955,10 +994,10 @@ fn backup_file(
     ctx.progress.files.fetch_add(1, Ordering::Relaxed);
     // A file read whole is read up to its size and checked after. One that may be
     // streamed (larger than a chunk, or listed as empty, which is read to its end) is
-    // checked before, so a FIFO or device that took its name since it was listed is not
-    // read without end.
+    // checked before (unless `meta` is already the open file's), so a FIFO or device
+    // that took its name since it was listed is not read without end.
     let may_stream = meta.size == 0 || meta.size > ctx.repo.config().chunker.max as u64;
-    if may_stream {
+    if may_stream && !statted_open {
         match file.metadata() {
             Ok(now) if now.file_type().is_file() => {}
             Ok(now) => {

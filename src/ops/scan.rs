@@ -62,8 +62,16 @@ impl Meta {
 
     /// The `lstat` of a path.
     pub fn of_path(path: &Path) -> io::Result<Self> {
-        let m = std::fs::symlink_metadata(path)?;
-        Ok(Meta {
+        Ok(Self::of(&std::fs::symlink_metadata(path)?))
+    }
+
+    /// The `fstat` of an open file.
+    pub fn of_file(f: &std::fs::File) -> io::Result<Self> {
+        Ok(Self::of(&f.metadata()?))
+    }
+
+    fn of(m: &std::fs::Metadata) -> Self {
+        Meta {
             mode: m.mode(),
             uid: m.uid(),
             gid: m.gid(),
@@ -74,7 +82,7 @@ impl Meta {
             dev: m.dev(),
             nlink: m.nlink(),
             rdev: m.rdev(),
-        })
+        }
     }
 
     fn kind(&self) -> u32 {
@@ -112,8 +120,9 @@ pub(super) struct Dir {
 pub(super) struct Names {
     /// The names, each followed by its NUL.
     bytes: Vec<u8>,
-    /// Start and length (without the NUL) of each name in `bytes`.
-    spans: Vec<(usize, usize)>,
+    /// Start and length (without the NUL) of each name in `bytes`, and whether the
+    /// listing said it is a regular file.
+    spans: Vec<(usize, usize, bool)>,
 }
 
 impl Names {
@@ -123,11 +132,17 @@ impl Names {
 
     /// The `i`th name, as a path component and as the C string the system calls take.
     pub fn get(&self, i: usize) -> (&OsStr, &CStr) {
-        let (start, len) = self.spans[i];
+        let (start, len, _) = self.spans[i];
         let name = &self.bytes[start..start + len];
         let c = CStr::from_bytes_with_nul(&self.bytes[start..=start + len])
             .expect("names are stored with their NUL and contain none");
         (OsStr::from_bytes(name), c)
+    }
+
+    /// Whether the listing gave the `i`th entry as a regular file (`d_type`; file
+    /// systems that do not fill it in give no type, and so no files).
+    pub fn listed_as_file(&self, i: usize) -> bool {
+        self.spans[i].2
     }
 }
 
@@ -173,14 +188,15 @@ impl Dir {
                 };
                 let name = entry.file_name().to_bytes_with_nul();
                 if name != b".\0" && name != b"..\0" && name.len() > 1 {
-                    names.spans.push((names.bytes.len(), name.len() - 1));
+                    let file = entry.file_type() == rustix::fs::FileType::RegularFile;
+                    names.spans.push((names.bytes.len(), name.len() - 1, file));
                     names.bytes.extend_from_slice(name);
                 }
             }
             None
         });
         let Names { bytes, spans } = &mut names;
-        spans.sort_unstable_by(|&(a, al), &(b, bl)| bytes[a..a + al].cmp(&bytes[b..b + bl]));
+        spans.sort_unstable_by(|&(a, al, _), &(b, bl, _)| bytes[a..a + al].cmp(&bytes[b..b + bl]));
         (names, err)
     }
 
@@ -268,6 +284,10 @@ mod tests {
             let (name, c) = listed.get(i);
             let ours = Meta::at(d.fd(), c).unwrap();
             assert_eq!(ours, Meta::of_path(&t.path().join(name)).unwrap());
+            assert_eq!(listed.listed_as_file(i), ours.is_file(), "{name:?}");
+            if ours.is_file() {
+                assert_eq!(Meta::of_file(&open_file(d.fd(), c).unwrap()).unwrap(), ours);
+            }
         }
         let (_, c) = (0..listed.len())
             .map(|i| listed.get(i))
