@@ -267,7 +267,11 @@ fn init(g: &Global, a: InitArgs) -> Result<u8> {
             .checked_mul(1 << 20)
             .ok_or_else(|| anyhow!("--pack-size-mib {} is too large", a.pack_size_mib))?,
         compression: a.compression,
-        kdf: KdfParams::with_cost(a.kdf_memory_kib, KdfParams::DEFAULT_ITERATIONS, 1),
+        kdf: KdfParams::with_cost(
+            a.kdf_memory_kib,
+            KdfParams::DEFAULT_ITERATIONS,
+            KdfParams::DEFAULT_PARALLELISM,
+        ),
     };
     let s3 = s3_options(g)?;
     if a.create_bucket {
@@ -660,7 +664,11 @@ fn key(g: &Global, k: KeyCommand) -> Result<u8> {
             let pw = new_password(&a)?;
             let id = repo.add_key(
                 pw.as_bytes(),
-                KdfParams::with_cost(a.kdf_memory_kib, KdfParams::DEFAULT_ITERATIONS, 1),
+                KdfParams::with_cost(
+                    a.kdf_memory_kib,
+                    KdfParams::DEFAULT_ITERATIONS,
+                    KdfParams::DEFAULT_PARALLELISM,
+                ),
             )?;
             if !g.quiet {
                 println!("added key {}", id.short());
@@ -686,7 +694,11 @@ fn key(g: &Global, k: KeyCommand) -> Result<u8> {
             let pw = new_password(&a)?;
             let id = repo.change_password(
                 pw.as_bytes(),
-                KdfParams::with_cost(a.kdf_memory_kib, KdfParams::DEFAULT_ITERATIONS, 1),
+                KdfParams::with_cost(
+                    a.kdf_memory_kib,
+                    KdfParams::DEFAULT_ITERATIONS,
+                    KdfParams::DEFAULT_PARALLELISM,
+                ),
             )?;
             if !g.quiet {
                 println!("password changed; new key {}", id.short());
