@@ -755,20 +755,19 @@ fn count_unmodified(ctx: &Ctx, len: u64) {
     ctx.total_bytes.fetch_add(len, Ordering::Relaxed);
 }
 
-/// One directory entry, `dir/name`; `Ok(None)` when it could not be read (a problem is
-/// recorded) or is excluded. `Err` only for repository failures, which stop the backup.
-/// The entry is `rel` under `at` (its name in the open directory, or its absolute path
-/// with `AT_FDCWD`). `parent` is the same entry in the parent snapshot, taken: an
-/// unchanged file's node is the parent's, brought up to date. `dev` is the source's file
-/// system.
-/// An entry of a directory listing, by name under the directory's descriptor.
+/// An entry to back up: `rel` under a directory's descriptor (its name in the open
+/// directory, or its absolute path with `AT_FDCWD`), and its name.
 struct Listed<'a> {
     rel: &'a CStr,
     name: &'a OsStr,
-    /// The listing gave it as a regular file.
+    /// The directory listing gave it as a regular file (`d_type`).
     as_file: bool,
 }
 
+/// One directory entry, `dir/name`; `Ok(None)` when it could not be read (a problem is
+/// recorded) or is excluded. `Err` only for repository failures, which stop the backup.
+/// `parent` is the same entry in the parent snapshot, taken: an unchanged file's node is
+/// the parent's, brought up to date. `dev` is the source's file system.
 fn backup_entry(
     ctx: &Ctx,
     at: BorrowedFd<'_>,
