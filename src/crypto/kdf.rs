@@ -64,7 +64,17 @@ impl KdfParams {
         let argon =
             argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut out = Zeroizing::new([0u8; 32]);
-        let hashed = match HugeBlocks::map(count) {
+        // The lanes are filled by a pool of their own, one thread per lane up to the
+        // cores (a key file cannot make it start more): rayon's global pool, which
+        // argon2 would use otherwise, panics where threads cannot be started.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = (self.parallelism as usize).clamp(1, cores);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("cairn-kdf-{i}"))
+            .build()
+            .map_err(|e| Error::Config(format!("cannot start threads to derive the key: {e}")))?;
+        let hashed = pool.install(|| match HugeBlocks::map(count) {
             Some(mut blocks) => argon.hash_password_into_with_memory(
                 password,
                 &self.salt,
@@ -72,7 +82,7 @@ impl KdfParams {
                 &mut *blocks,
             ),
             None => argon.hash_password_into(password, &self.salt, out.as_mut()),
-        };
+        });
         hashed.map_err(|e| Error::format("key file", format!("Argon2id failed: {e}")))?;
         Ok(out)
     }

@@ -328,7 +328,8 @@ impl IndexCache {
                     .map(move |b| (blob_key(b.ty, &b.id), &p.id, b))
             })
             .collect();
-        entries.sort_unstable_by_key(|e| e.0);
+        // Stable: of a blob listed twice, the last listing is kept, as in file order.
+        entries.sort_by_key(|e| e.0);
         let mut batch = WriteBatch::default();
         for (key, pack, b) in entries {
             batch.put(key, entry(pack, b));

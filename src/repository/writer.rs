@@ -243,7 +243,15 @@ impl Packer {
         self.buf.clear();
         written?;
         let (f, path) = self.file.take().expect("pack has blobs");
-        if self.allocated > self.written {
+        // Cut off the space allocated past the pack's end. A failed allocation can have
+        // grown the file too (ext4 allocates, and grows the file, until it runs out), so
+        // after one the file's length is looked at.
+        let cut = if self.no_allocate {
+            f.metadata().map_err(|e| staging_error(&path, e))?.len() != self.written
+        } else {
+            self.allocated > self.written
+        };
+        if cut {
             f.set_len(self.written)
                 .map_err(|e| staging_error(&path, e))?;
         }
@@ -798,6 +806,11 @@ mod tests {
         let cases = blob_sizes.iter().flat_map(|sizes| {
             [0, step as u64 + 100, 64 << 20].map(|allocate_to| (*sizes, allocate_to))
         });
+        // Whether the file system allocates ahead at all; where it does, the cut is made.
+        std::fs::create_dir_all(&staging).unwrap();
+        let probe = tempfile::tempfile_in(&staging).unwrap();
+        let allocates =
+            rustix::fs::fallocate(&probe, rustix::fs::FallocateFlags::empty(), 0, 4096).is_ok();
         for (sizes, allocate_to) in cases {
             let mut p = Packer {
                 allocate_to,
@@ -810,7 +823,11 @@ mod tests {
                 let id = BlobId(Id([i as u8; 32]));
                 p.add(&staging, BlobType::Data, id, &blob(i, n), n).unwrap();
             }
+            p.flush().unwrap();
             assert!(p.allocated <= allocate_to);
+            if allocates && allocate_to > 0 {
+                assert!(p.allocated > 0, "blobs of {sizes:?}");
+            }
             let pack = p.take(repo.key()).unwrap();
             let bytes = std::fs::read(&pack.file).unwrap();
             assert_eq!(bytes.len() as u64, pack.size, "blobs of {sizes:?}");
@@ -825,6 +842,33 @@ mod tests {
                 offset += n;
             }
         }
+    }
+
+    /// A failed allocation can leave the file longer than what was written (ext4 grows
+    /// it as far as it got): the finished pack file is cut to the pack all the same.
+    #[test]
+    fn a_pack_file_grown_by_a_failed_allocation_is_cut_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = local_repo(dir.path());
+        let staging = dir.path().join("staging");
+        let mut p = Packer::default();
+        p.add(
+            &staging,
+            BlobType::Data,
+            BlobId(Id([1; 32])),
+            &[7; 1000],
+            1000,
+        )
+        .unwrap();
+        p.flush().unwrap();
+        // What a partly failed `fallocate` leaves: a longer file, and no more allocation.
+        let (f, _) = p.file.as_ref().unwrap();
+        f.set_len(p.written + 12345).unwrap();
+        p.no_allocate = true;
+        let pack = p.take(repo.key()).unwrap();
+        let bytes = std::fs::read(&pack.file).unwrap();
+        assert_eq!(bytes.len() as u64, pack.size);
+        assert_eq!(PackId(Id(*blake3::hash(&bytes).as_bytes())), pack.id);
     }
 
     /// A panic while a thread holds the only tree packer does not leave the others
