@@ -559,12 +559,7 @@ fn a_small_file_growing_during_backup_is_named() {
         if writer.is_finished() {
             break;
         }
-        let out = repo
-            .cmd()
-            .args(["backup", "--json"])
-            .arg(&src)
-            .output()
-            .unwrap();
+        let out = repo.backup_output(&[src.as_os_str()]);
         let s = last_json_line(&out.stdout);
         let problems = s["problems"].as_array().unwrap();
         if out.status.code() == Some(3) {
@@ -621,12 +616,7 @@ fn files_changing_during_backup_are_named_and_the_rest_restores() {
             }
         })
     };
-    let out = repo
-        .cmd()
-        .args(["backup", "--json"])
-        .arg(&src)
-        .output()
-        .unwrap();
+    let out = repo.backup_output(&[src.as_os_str()]);
     stop.store(true, Ordering::Relaxed);
     churn.join().unwrap();
     assert_eq!(

@@ -784,15 +784,16 @@ fn backup_entry(
     // A new file (none in the parent to compare with) is opened first and statted
     // open: one path lookup fewer. When that fails, or finds something else, it is
     // statted by name as any other entry, and its problems are named the same way.
-    let mut opened = None;
-    if listed_as_file && parent.is_none() {
-        opened = scan::open_file(at, rel)
+    let opened = if listed_as_file && parent.is_none() {
+        scan::open_file(at, rel)
             .ok()
             .and_then(|f| match Meta::of_file(&f) {
                 Ok(m) if m.is_file() => Some((f, m)),
                 _ => None,
-            });
-    }
+            })
+    } else {
+        None
+    };
     let meta = match &opened {
         Some((_, m)) => *m,
         None => match Meta::at(at, rel) {

@@ -130,9 +130,7 @@ struct Packer {
     /// Sealed bytes not written yet (at most [`WRITE_SIZE`]).
     buf: Vec<u8>,
     hasher: blake3::Hasher,
-    /// Bytes in the pack so far, written or not.
-    len: u64,
-    /// Bytes written to the file.
+    /// Bytes written to the file (the pack so far is these and `buf`).
     written: u64,
     /// The file's size: its written bytes and the space allocated after them, which
     /// [`Packer::take`] cuts off.
@@ -163,16 +161,13 @@ impl Packer {
                 .map_err(|e| staging_error(dir, e))?;
             self.file = Some(f.into_parts());
         }
+        let offset = self.len();
         if sealed.len() >= DIRECT_WRITE {
             // Written from where it was sealed, after what is gathered, in one call.
-            let buf = std::mem::take(&mut self.buf);
-            let written = self.write(&buf, sealed);
-            self.buf = buf;
-            self.buf.clear();
-            written?;
+            self.flush(sealed)?;
         } else {
             if self.buf.len() + sealed.len() > WRITE_SIZE {
-                self.flush()?;
+                self.flush(&[])?;
             }
             if self.buf.capacity() == 0 {
                 self.buf.reserve_exact(WRITE_SIZE);
@@ -182,17 +177,22 @@ impl Packer {
         self.blobs.push(PackBlob {
             ty,
             id,
-            offset: self.len,
+            offset,
             length: sealed.len() as u32,
             raw_length: raw_length as u32,
         });
-        self.len += sealed.len() as u64;
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<()> {
+    /// Bytes in the pack so far, written or not.
+    fn len(&self) -> u64 {
+        self.written + self.buf.len() as u64
+    }
+
+    /// Write what is gathered, then `then`.
+    fn flush(&mut self, then: &[u8]) -> Result<()> {
         let buf = std::mem::take(&mut self.buf);
-        let written = self.write(&buf, &[]);
+        let written = self.write(&buf, then);
         self.buf = buf;
         self.buf.clear();
         written
@@ -237,11 +237,7 @@ impl Packer {
     fn take(&mut self, key: &MasterKey) -> Result<FinishedPack> {
         let blobs = std::mem::take(&mut self.blobs);
         let tail = PackHeader::new(blobs.clone()).seal_with_trailer(key);
-        let buf = std::mem::take(&mut self.buf);
-        let written = self.write(&buf, &tail);
-        self.buf = buf;
-        self.buf.clear();
-        written?;
+        self.flush(&tail)?;
         let (f, path) = self.file.take().expect("pack has blobs");
         // Cut off the space allocated past the pack's end. A failed allocation can have
         // grown the file too (ext4 allocates, and grows the file, until it runs out), so
@@ -255,10 +251,10 @@ impl Packer {
             f.set_len(self.written)
                 .map_err(|e| staging_error(&path, e))?;
         }
+        let size = self.written;
         (self.written, self.allocated, self.no_allocate) = (0, 0, false);
         let id = PackId(Id(*self.hasher.finalize().as_bytes()));
         self.hasher = blake3::Hasher::new();
-        let size = std::mem::take(&mut self.len) + tail.len() as u64;
         Ok(FinishedPack {
             id,
             file: path,
@@ -539,7 +535,7 @@ impl<'r> BlobWriter<'r> {
         let mut lent = Lent::take(&self.packers[slot(ty)]);
         let p = lent.packer.as_mut().expect("just taken");
         let added = add(p).and_then(|()| {
-            Ok(if p.len >= self.repo.config().pack_size as u64 {
+            Ok(if p.len() >= self.repo.config().pack_size as u64 {
                 Some(p.take(self.repo.key())?)
             } else {
                 None
@@ -823,7 +819,7 @@ mod tests {
                 let id = BlobId(Id([i as u8; 32]));
                 p.add(&staging, BlobType::Data, id, &blob(i, n), n).unwrap();
             }
-            p.flush().unwrap();
+            p.flush(&[]).unwrap();
             assert!(p.allocated <= allocate_to);
             if allocates && allocate_to > 0 {
                 assert!(p.allocated > 0, "blobs of {sizes:?}");
@@ -860,7 +856,7 @@ mod tests {
             1000,
         )
         .unwrap();
-        p.flush().unwrap();
+        p.flush(&[]).unwrap();
         // What a partly failed `fallocate` leaves: a longer file, and no more allocation.
         let (f, _) = p.file.as_ref().unwrap();
         f.set_len(p.written + 12345).unwrap();

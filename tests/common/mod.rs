@@ -82,16 +82,20 @@ impl Repo {
         target.join(src.strip_prefix("/").unwrap())
     }
 
-    /// Run `backup --json ARGS` and return the parsed summary (the last line: a backup
-    /// longer than a second prints status lines before it).
-    pub fn backup_json(&self, args: &[&OsStr]) -> serde_json::Value {
-        let out = self
-            .cmd()
+    /// Run `backup --json ARGS`, whatever its exit code.
+    pub fn backup_output(&self, args: &[&OsStr]) -> std::process::Output {
+        self.cmd()
             .arg("backup")
             .arg("--json")
             .args(args)
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Run `backup --json ARGS` and return the parsed summary (the last line: a backup
+    /// longer than a second prints status lines before it).
+    pub fn backup_json(&self, args: &[&OsStr]) -> serde_json::Value {
+        let out = self.backup_output(args);
         assert!(
             out.status.success(),
             "backup failed: {}",
