@@ -12,7 +12,9 @@
 # the repository size after it. All tools encrypt and use zstd level 3 (restic: its
 # "auto" = zstd default level; Borg 1.2: zstd,3). Page cache is warm for every tool alike
 # (the corpus is read once before the first tool runs), and dirty pages are flushed
-# before every step.
+# before every step. Restores and checks read the repositories cold: the page cache is
+# dropped before each (when run as root), as after a disaster, and so that no tool reads
+# from memory what another reads from disk (cairn writes its packs past the page cache).
 #
 # CAIRN_INIT_ARGS adds arguments to `cairn init` (e.g. chunk sizes). RESTORE_DIR restores
 # somewhere else than tmpfs (benches/compare/restore_ext4.sh: a journaled ext4).
@@ -119,6 +121,16 @@ measure() { # tool step command...
   printf '%-9s %-10s wall %6ss  cpu %6ss  rss %5d MiB  repo %.1f MB\n' "$t" "$step" "$wall" "$(echo "$user + $sys" | bc)" $((rss / 1024)) "$(echo "scale=1; $size / 1000000" | bc)" >&2
 }
 
+cold() { # drop the page cache (root only; otherwise say so once)
+  sync
+  if [ -w /proc/sys/vm/drop_caches ]; then
+    echo 3 > /proc/sys/vm/drop_caches
+  elif [ -z "${warned_cold:-}" ]; then
+    warned_cold=1
+    echo "note: not root, restores and checks may read from the page cache" >&2
+  fi
+}
+
 active=()
 for t in $tools; do
   case $t in
@@ -140,6 +152,7 @@ for t in "${active[@]}"; do measure "$t" "unchanged" bash -c "t_backup $t day5b"
 for t in "${active[@]}"; do
   dest=${RESTORE_DIR:-/dev/shm/cairn-compare-restore}
   rm -rf "$dest"; mkdir -p "$dest"
+  cold
   measure "$t" "restore" bash -c "t_restore $t $dest"
   rm -rf "$dest"
 done
@@ -147,6 +160,7 @@ done
 for run in $(seq 1 "${CHECK_RUNS:-1}"); do
   for t in "${active[@]}"; do
     [ "$t" = bupstash ] && continue
+    cold
     measure "$t" "check$run" bash -c "t_check $t"
   done
 done
