@@ -199,6 +199,21 @@ fn direct_writes(file: &std::fs::File) -> bool {
             .is_ok()
 }
 
+/// Write `bytes` at `offset` of a file opened with `O_DIRECT`. Should the file system
+/// refuse the direct write after all (`EINVAL`, which it returns before writing
+/// anything), the file is switched to the page cache and the write made that way.
+fn write_at(file: &std::fs::File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    match file.write_all_at(bytes, offset) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let flags = rustix::fs::fcntl_getfl(file)?;
+            rustix::fs::fcntl_setfl(file, flags - rustix::fs::OFlags::DIRECT)?;
+            file.write_all_at(bytes, offset)
+        }
+        r => r,
+    }
+}
+
 /// A direct write's outcome, awaited before its pack is published.
 type DirectWrite = tokio::task::JoinHandle<Result<()>>;
 
@@ -238,8 +253,7 @@ impl DirectWriter {
         }
         let (me, file, path) = (self.clone(), file.clone(), path.to_path_buf());
         self.rt.spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
-            let mut r = file.write_all_at(&buf.get()[..len], offset);
+            let mut r = write_at(&file, &buf.get()[..len], offset);
             if let (Ok(()), Some(end)) = (&r, end) {
                 // The padding after the pack, and the space allocated past it.
                 r = file.metadata().and_then(|m| {
@@ -1110,6 +1124,28 @@ mod tests {
                 offset += n;
             }
         }
+    }
+
+    /// A direct write the file system refuses (here: not aligned) is made through the
+    /// page cache instead.
+    #[test]
+    fn a_refused_direct_write_goes_through_the_page_cache() {
+        let on_disk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        std::fs::create_dir_all(&on_disk).unwrap();
+        let f = tempfile::tempfile_in(on_disk).unwrap();
+        if !direct_writes(&f) {
+            eprintln!("skipped: the project's file system does not take direct writes");
+            return;
+        }
+        use std::os::unix::fs::FileExt;
+        let refused = f.write_all_at(b"misaligned", 3).unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::EINVAL));
+        write_at(&f, b"misaligned", 3).unwrap();
+        let flags = rustix::fs::fcntl_getfl(&f).unwrap();
+        assert!(!flags.contains(rustix::fs::OFlags::DIRECT));
+        let mut back = [0; 13];
+        f.read_exact_at(&mut back, 0).unwrap();
+        assert_eq!(&back, b"\0\0\0misaligned");
     }
 
     /// A failed allocation can leave the file longer than what was written (ext4 grows
