@@ -12,9 +12,10 @@
 # the repository size after it. All tools encrypt and use zstd level 3 (restic: its
 # "auto" = zstd default level; Borg 1.2: zstd,3). Page cache is warm for every tool alike
 # (the corpus is read once before the first tool runs), and dirty pages are flushed
-# before every step. Restores and checks read the repositories cold: the page cache is
-# dropped before each (when run as root), as after a disaster, and so that no tool reads
-# from memory what another reads from disk (cairn writes its packs past the page cache).
+# before every step. Restores, checks and prunes read the repositories cold: the page
+# cache is dropped before each (when run as root), as after a disaster, and so that no
+# tool reads from memory what another reads from disk (cairn writes its packs past the
+# page cache).
 #
 # CAIRN_INIT_ARGS adds arguments to `cairn init` (e.g. chunk sizes). RESTORE_DIR restores
 # somewhere else than tmpfs (benches/compare/restore_ext4.sh: a journaled ext4).
@@ -167,6 +168,7 @@ done
 # Six snapshots (days 1-5 and the unchanged one): forget the three oldest and prune.
 for t in "${active[@]}"; do
   [ "$t" = bupstash ] && continue
+  cold
   measure "$t" "forget-prune" bash -c "t_forget_prune $t"
 done
 
