@@ -353,7 +353,7 @@ impl Packer {
         }
         let offset = self.len();
         if let Some(direct) = staging.direct.as_ref().filter(|_| self.direct.is_some()) {
-            self.gather_direct(direct, sealed)?;
+            self.gather_direct(direct, sealed);
         } else if sealed.len() >= DIRECT_WRITE {
             // Written from where it was sealed, after what is gathered, in one call.
             self.flush(sealed)?;
@@ -437,7 +437,7 @@ impl Packer {
     }
 
     /// Copy `bytes` into the direct buffer, writing each buffer that fills up.
-    fn gather_direct(&mut self, writer: &Arc<DirectWriter>, mut bytes: &[u8]) -> Result<()> {
+    fn gather_direct(&mut self, writer: &Arc<DirectWriter>, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             let (buf, filled) = self.direct.as_mut().expect("direct file");
             let n = bytes.len().min(WRITE_SIZE - *filled);
@@ -448,7 +448,6 @@ impl Packer {
                 self.write_direct(writer, false);
             }
         }
-        Ok(())
     }
 
     /// Start the write of the direct buffer, and fill a new one from now on. The pack's
@@ -478,7 +477,7 @@ impl Packer {
         let tail = PackHeader::new(blobs.clone()).seal_with_trailer(key);
         let direct = staging.direct.as_ref().filter(|_| self.direct.is_some());
         if let Some(writer) = direct {
-            self.gather_direct(writer, &tail)?;
+            self.gather_direct(writer, &tail);
             self.write_direct(writer, true);
         } else {
             self.flush(&tail)?;
