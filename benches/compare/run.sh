@@ -128,7 +128,7 @@ cold() { # drop the page cache (root only; otherwise say so once)
     echo 3 > /proc/sys/vm/drop_caches
   elif [ -z "${warned_cold:-}" ]; then
     warned_cold=1
-    echo "note: not root, restores and checks may read from the page cache" >&2
+    echo "note: not root, restores, checks and prunes may read from the page cache" >&2
   fi
 }
 

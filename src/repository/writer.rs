@@ -352,7 +352,7 @@ impl Packer {
             self.file = Some((Arc::new(f), path));
         }
         let offset = self.len();
-        if let Some(direct) = staging.direct.as_ref().filter(|_| self.direct.is_some()) {
+        if let Some(direct) = self.direct_writer(staging) {
             self.gather_direct(direct, sealed);
         } else if sealed.len() >= DIRECT_WRITE {
             // Written from where it was sealed, after what is gathered, in one call.
@@ -374,6 +374,11 @@ impl Packer {
             raw_length: raw_length as u32,
         });
         Ok(())
+    }
+
+    /// The writer of this packer's file, when it is written directly.
+    fn direct_writer<'s>(&self, staging: &'s Staging) -> Option<&'s Arc<DirectWriter>> {
+        staging.direct.as_ref().filter(|_| self.direct.is_some())
     }
 
     /// Bytes in the pack so far, written or not.
@@ -475,7 +480,7 @@ impl Packer {
     fn take(&mut self, key: &MasterKey, staging: &Staging) -> Result<FinishedPack> {
         let blobs = std::mem::take(&mut self.blobs);
         let tail = PackHeader::new(blobs.clone()).seal_with_trailer(key);
-        let direct = staging.direct.as_ref().filter(|_| self.direct.is_some());
+        let direct = self.direct_writer(staging);
         if let Some(writer) = direct {
             self.gather_direct(writer, &tail);
             self.write_direct(writer, true);
@@ -1050,6 +1055,14 @@ mod tests {
         }
     }
 
+    /// A directory for direct writes, which need a file system that takes them: the
+    /// temporary directory is tmpfs on some systems, the project's own seldom is.
+    fn on_disk() -> tempfile::TempDir {
+        let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        std::fs::create_dir_all(&target).unwrap();
+        tempfile::tempdir_in(target).unwrap()
+    }
+
     /// A finished pack, once its direct writes are done.
     fn written(repo: &IndexedRepository, mut pack: FinishedPack) -> FinishedPack {
         for w in std::mem::take(&mut pack.writes) {
@@ -1107,11 +1120,7 @@ mod tests {
         let cases = blob_sizes.iter().flat_map(|sizes| {
             [0, step as u64 + 100, 64 << 20].map(|allocate_to| (*sizes, allocate_to))
         });
-        // Direct writes need a file system that takes them: the temporary directory is
-        // tmpfs on some systems, the project's own seldom is.
-        let on_disk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-        std::fs::create_dir_all(&on_disk).unwrap();
-        let on_disk = tempfile::tempdir_in(on_disk).unwrap();
+        let on_disk = on_disk();
         let direct = direct_writes(&tempfile::tempfile_in(on_disk.path()).unwrap());
         if !direct {
             eprintln!(
@@ -1199,9 +1208,8 @@ mod tests {
     /// page cache instead.
     #[test]
     fn a_refused_direct_write_goes_through_the_page_cache() {
-        let on_disk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-        std::fs::create_dir_all(&on_disk).unwrap();
-        let f = tempfile::tempfile_in(on_disk).unwrap();
+        let on_disk = on_disk();
+        let f = tempfile::tempfile_in(on_disk.path()).unwrap();
         if !direct_writes(&f) {
             eprintln!("skipped: the project's file system does not take direct writes");
             return;
