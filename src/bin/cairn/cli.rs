@@ -21,8 +21,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
-    /// Repository location: a local path.
+    /// Repository location: a local path, s3://BUCKET/PREFIX, or
+    /// s3:http://HOST:PORT/BUCKET/PREFIX (MinIO and other S3 servers).
     #[arg(
         short = 'r',
         long,
@@ -47,8 +49,6 @@ pub struct Global {
     /// Print results as JSON.
     #[arg(long, global = true)]
     pub json: bool,
-    #[command(flatten)]
-    pub s3: S3Args,
     /// Print only errors and warnings (for cron).
     #[arg(short, long, global = true)]
     pub quiet: bool,
@@ -62,12 +62,16 @@ pub struct Global {
     /// then /etc/cairn/config.toml).
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,
+    // Last: the options after a flattened struct would get its help heading.
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 /// S3 settings (repositories given as s3://BUCKET/PREFIX or s3:http://HOST:PORT/BUCKET/PREFIX).
 /// Credentials come from --s3-access-key-id with --s3-secret-access-key-file, or
 /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "S3 options")]
 pub struct S3Args {
     /// S3 endpoint for s3:// URLs, e.g. http://minio:9000 (else AWS_ENDPOINT_URL, else AWS).
     #[arg(long, global = true)]
@@ -586,4 +590,52 @@ pub struct MountArgs {
     /// How old the list of snapshots may grow before it is read again.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, hide = true)]
     pub refresh: std::time::Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// A command's help lists its own options first, then the global ones, then the S3
+    /// ones, each group under its heading (a flattened struct's heading would otherwise
+    /// spill onto the options declared after it).
+    #[test]
+    fn help_groups_the_options_of_every_command() {
+        fn check(cmd: &mut clap::Command, path: &str) {
+            let help = cmd.render_long_help().to_string();
+            let at = |s: &str| {
+                help.find(s)
+                    .unwrap_or_else(|| panic!("`{path} --help` lacks {s:?}:\n{help}"))
+            };
+            let (global, s3) = (at("\nGlobal options:\n"), at("\nS3 options:\n"));
+            assert!(global < s3, "{path}");
+            for own in ["--repo ", "--password-file ", "--quiet", "--config "] {
+                let i = at(own);
+                assert!(
+                    global < i && i < s3,
+                    "{path}: {own} is not under Global options"
+                );
+            }
+            for s3_opt in ["--s3-endpoint ", "--retries ", "--s3-part-size "] {
+                assert!(s3 < at(s3_opt), "{path}: {s3_opt} is not under S3 options");
+            }
+            if path == "cairn backup" {
+                assert!(at("--exclude ") < global, "backup's own options come first");
+            }
+            for sub in cmd.get_subcommands_mut().filter(|s| s.get_name() != "help") {
+                let path = format!("{path} {}", sub.get_name());
+                check(sub, &path);
+            }
+        }
+        let mut cli = Cli::command();
+        cli.build();
+        assert!(cli.get_subcommands().count() > 10);
+        check(&mut cli, "cairn");
+    }
 }
