@@ -469,6 +469,33 @@ fn missing_source_is_named_and_exits_3() {
     );
 }
 
+#[test]
+fn no_source_existing_fails_without_a_snapshot() {
+    let repo = Repo::new();
+    let a = repo.tmp.path().join("nexus-dta");
+    let b = repo.tmp.path().join("file/under/nothing");
+    let out = repo.cmd().arg("backup").arg(&a).arg(&b).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("nexus-dta")
+            && stderr.contains("nothing")
+            && stderr.contains("no snapshot"),
+        "{stderr}"
+    );
+    let out = repo.cmd().args(["snapshots", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().map(Vec::len), Some(0), "{v}");
+    // One path there is enough for a snapshot; the other is named, under a directory
+    // that is not there either, and the snapshot is incomplete (exit 3).
+    std::fs::create_dir(&a).unwrap();
+    let out = repo.cmd().arg("backup").arg(&a).arg(&b).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("file/under/nothing"), "{stderr}");
+}
+
 /// Runs cairn as `nobody` so that a mode-000 file is really unreadable.
 #[test]
 fn unreadable_file_is_named_exit_3_rest_restorable() {

@@ -412,6 +412,20 @@ enum VEntry {
     Dir(VDir),
 }
 
+impl VDir {
+    /// The sources below this directory.
+    fn sources(&self) -> Vec<&Path> {
+        let mut out = Vec::new();
+        for e in self.children.values() {
+            match e {
+                VEntry::Source(p) => out.push(p.as_path()),
+                VEntry::Dir(d) => out.extend(d.sources()),
+            }
+        }
+        out
+    }
+}
+
 /// Make a path absolute and drop `.` and `..` lexically (a symlink given as a source
 /// is stored as the symlink, as the user named it).
 fn clean_absolute(p: &Path) -> Result<PathBuf> {
@@ -451,6 +465,21 @@ fn backup_paths(
         if !sources.iter().any(|s| p.starts_with(s)) {
             sources.push(p);
         }
+    }
+    // When no source exists at all, the paths are wrong or a volume is not mounted: an
+    // empty, incomplete snapshot would only hide that among the others.
+    let absent = |s: &PathBuf| {
+        use std::io::ErrorKind::{NotADirectory, NotFound};
+        matches!(std::fs::symlink_metadata(s), Err(e) if matches!(e.kind(), NotFound | NotADirectory))
+    };
+    if sources.iter().all(absent) {
+        let list: Vec<String> = sources.iter().map(|s| s.display().to_string()).collect();
+        return Err(Error::Config(format!(
+            "nothing to back up: {} {} not exist; no snapshot was written. \
+             Check the paths (is a volume not mounted?)",
+            list.join(", "),
+            if list.len() == 1 { "does" } else { "do" },
+        )));
     }
     let mut root = VDir::default();
     for s in &sources {
@@ -551,9 +580,18 @@ fn backup_vdir(
             }
             VEntry::Dir(sub) => {
                 let path = real.join(name_os);
+                let meta = match Meta::of_path(&path) {
+                    Ok(m) => m,
+                    // Nothing below a directory that cannot be stat-ed can be read.
+                    Err(e) => {
+                        for s in sub.sources() {
+                            ctx.problem(s, format!("cannot stat {}: {e}", path.display()));
+                        }
+                        continue;
+                    }
+                };
                 let ptree = parent_tree(ctx, parent_subtree(pnode.as_ref()))?;
                 let (subtree, complete) = backup_vdir(ctx, sub, &path, ptree)?;
-                let meta = Meta::of_path(&path).map_err(|e| Error::io(&path, e))?;
                 let mut node = node_from_meta(ctx, name.clone(), &meta, NodeKind::Dir { subtree });
                 node.xattrs = read_xattrs(&path);
                 let same = pnode.is_some_and(|p| same_node(&node, &p));
