@@ -250,6 +250,52 @@ fn truncated_pack_is_named_with_the_files_past_the_cut() {
     }
 }
 
+/// A restore from a truncated pack loses exactly the files `check` names: the blobs
+/// before the cut still arrive, also when they share a ranged read with blobs past it.
+#[test]
+fn restore_from_a_truncated_pack_loses_only_the_files_check_names() {
+    let f = fixture();
+    let (pack, offset, _) = f.blob_of("a/f05");
+    let file = std::fs::OpenOptions::new().write(true).open(&pack).unwrap();
+    file.set_len(offset + 10).unwrap();
+    let (_, r) = f.check(&[]);
+    let named: BTreeSet<String> = affected(damage_of(&r, "pack_size", &object_name(&pack)))
+        .into_iter()
+        .filter(|(s, _)| s == &f.snaps[1])
+        .map(|(_, p)| p)
+        .collect();
+    let target = f.repo.tmp.path().join("restored");
+    let out = f
+        .repo
+        .cmd()
+        .args(["restore", &f.snaps[1], "--target"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let mut lost = BTreeSet::new();
+    let mut intact = 0;
+    for dir in ["a", "a/b", "c"] {
+        for e in std::fs::read_dir(f.src.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if !p.is_file() {
+                continue;
+            }
+            let restored = target.join(p.strip_prefix("/").unwrap());
+            if std::fs::read(&restored).ok() == Some(std::fs::read(&p).unwrap()) {
+                intact += 1;
+            } else {
+                lost.insert(p.display().to_string());
+            }
+        }
+    }
+    assert_eq!(lost, named, "{r:#}");
+    assert!(
+        named.contains(&f.path("a/f05")) && intact >= 10,
+        "{named:?}"
+    );
+}
+
 #[test]
 fn deleted_pack_is_named_with_its_files() {
     let f = fixture();

@@ -236,31 +236,39 @@ async fn write_as_it_arrives(
     let mut tail = BytesMut::new();
     let mut at = r.start;
     let mut failure = None;
-    while let Some(piece) = pieces.next().await {
-        let piece = match piece {
-            Ok(p) => p,
-            Err(e) => {
-                failure = Some(e.to_string());
-                break;
+    let mut ended = false;
+    while !ended {
+        let mut data = match pieces.next().await {
+            Some(Ok(piece)) => {
+                stats
+                    .bytes_fetched
+                    .fetch_add(piece.len() as u64, Ordering::Relaxed);
+                let have = at + (tail.len() + piece.len()) as u64;
+                // Collect a batch before handing it to rayon: one hand-off per blob would
+                // cost more in wake-ups than the blob costs to open.
+                if have < r.end && have - at < WRITE_BATCH {
+                    tail.extend_from_slice(&piece);
+                    continue;
+                }
+                // A whole piece (a local read is one) is used without a copy.
+                if tail.is_empty() {
+                    piece
+                } else {
+                    tail.extend_from_slice(&piece);
+                    tail.split().freeze()
+                }
+            }
+            // The read stopped, failed or short (a truncated object): the whole blobs
+            // it brought are still written.
+            end => {
+                if let Some(Err(e)) = end {
+                    failure = Some(e.to_string());
+                }
+                ended = true;
+                tail.split().freeze()
             }
         };
-        stats
-            .bytes_fetched
-            .fetch_add(piece.len() as u64, Ordering::Relaxed);
-        let have = at + (tail.len() + piece.len()) as u64;
-        // Collect a batch before handing it to rayon: one hand-off per blob would cost
-        // more in wake-ups than the blob costs to open.
-        if have < r.end && have - at < WRITE_BATCH {
-            tail.extend_from_slice(&piece);
-            continue;
-        }
-        // A whole piece (a local read is one) is used without a copy.
-        let mut data = if tail.is_empty() {
-            piece
-        } else {
-            tail.extend_from_slice(&piece);
-            tail.split().freeze()
-        };
+        let have = at + data.len() as u64;
         let mut ready = Vec::new();
         while let Some(w) = wants.next_if(|w| w.offset + w.length as u64 <= have) {
             ready.push(w);
