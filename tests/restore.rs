@@ -323,3 +323,101 @@ fn diff_lists_exactly_the_changes_and_find_and_stats_work() {
     // Two snapshots sharing all but the rewritten member.db: 11.9 MB restore from 8 MB.
     assert!(v["dedup_ratio"].as_f64().unwrap() > 1.4, "{v}");
 }
+
+/// What a target already holds never leads a restore outside it or into other files: a
+/// symlink or a file where the snapshot has a directory is replaced, a file with a hard
+/// link from outside is replaced rather than written through, and `--delete` leaves
+/// excluded paths alone.
+#[test]
+fn restore_over_an_existing_target_stays_inside_it() {
+    let repo = Repo::new();
+    let src = tree(&repo);
+    repo.backup_json(&[src.as_os_str()]);
+    let target = repo.tmp.path().join("t");
+    let inner = target.join(src.strip_prefix("/").unwrap());
+    let outside = repo.tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("keep"), b"precious").unwrap();
+    std::fs::write(outside.join("linked"), b"also precious").unwrap();
+    let before = std::fs::metadata(&outside).unwrap().mode();
+
+    std::fs::create_dir_all(&inner).unwrap();
+    std::os::unix::fs::symlink(&outside, inner.join("db")).unwrap();
+    std::fs::write(inner.join("logs"), b"a file where a directory goes").unwrap();
+    std::fs::create_dir_all(inner.join("etcd")).unwrap();
+    std::fs::hard_link(outside.join("linked"), inner.join("etcd/member.db")).unwrap();
+    restore_json(&repo, &["latest", "--delete"], &target);
+
+    assert_same_tree(&src, &inner);
+    assert!(
+        !std::fs::symlink_metadata(inner.join("db"))
+            .unwrap()
+            .is_symlink()
+    );
+    let mut names: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["keep", "linked"]);
+    assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"precious");
+    assert_eq!(
+        std::fs::read(outside.join("linked")).unwrap(),
+        b"also precious"
+    );
+    assert_eq!(std::fs::metadata(&outside).unwrap().mode(), before);
+
+    // --delete with --exclude: the excluded directory is neither restored nor removed.
+    std::fs::write(inner.join("etcd/local-only"), b"not in the snapshot").unwrap();
+    std::fs::write(inner.join("logs/stray"), b"not in the snapshot").unwrap();
+    let r = restore_json(&repo, &["latest", "--delete", "--exclude", "etcd"], &target);
+    assert!(inner.join("etcd/local-only").exists() && inner.join("etcd/member.db").exists());
+    assert!(!inner.join("logs/stray").exists());
+    assert_eq!(r["deleted"], 1, "{r}");
+}
+
+/// A file whose content failed is not given the snapshot's size and time, so a rerun
+/// after the repository is mended writes it again instead of taking it for complete.
+#[test]
+fn a_file_that_failed_is_written_again_by_a_rerun() {
+    let repo = Repo::new();
+    let src = tree(&repo);
+    repo.backup_json(&[src.as_os_str()]);
+    // Every pack of data blobs is put away (the trees stay).
+    let data_packs: Vec<String> = repo
+        .index_files_json()
+        .iter()
+        .flat_map(|i| i["packs"].as_array().unwrap().clone())
+        .filter(|p| p["blobs"][0]["ty"] == "Data")
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .collect();
+    let packs: Vec<PathBuf> = repo
+        .packs()
+        .into_iter()
+        .filter(|p| data_packs.iter().any(|d| p.ends_with(d)))
+        .collect();
+    assert!(!packs.is_empty());
+    let aside = repo.tmp.path().join("aside");
+    std::fs::create_dir(&aside).unwrap();
+    for p in &packs {
+        std::fs::rename(p, aside.join(p.file_name().unwrap())).unwrap();
+    }
+    let target = repo.tmp.path().join("t");
+    let out = repo
+        .cmd()
+        .args(["restore", "latest", "--target"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for p in &packs {
+        std::fs::rename(aside.join(p.file_name().unwrap()), p).unwrap();
+    }
+    restore_json(&repo, &["latest"], &target);
+    assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
+}

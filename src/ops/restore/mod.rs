@@ -19,7 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use globset::{GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
@@ -95,6 +95,34 @@ struct Walk<'a> {
     delete_in: Vec<(PathBuf, HashSet<OsString>)>,
     problems: Vec<Problem>,
     stats: RestoreStats,
+    xattr_loss: XattrLoss,
+}
+
+/// Extended attributes the target would not take (a file system without user xattrs
+/// or ACLs, say): counted, with the first failure, for one warning at the end.
+#[derive(Default)]
+struct XattrLoss {
+    count: AtomicU64,
+    first: Mutex<Option<String>>,
+}
+
+impl XattrLoss {
+    fn add(&self, path: &Path, name: &OsStr, e: std::io::Error) {
+        if self.count.fetch_add(1, Ordering::Relaxed) == 0 {
+            let first = format!("{}: {}: {e}", path.display(), name.to_string_lossy());
+            *self.first.lock().expect("xattr loss") = Some(first);
+        }
+    }
+
+    fn warn(self) {
+        let n = self.count.into_inner();
+        if let Some(first) = self.first.into_inner().expect("xattr loss") {
+            tracing::warn!(
+                "{n} extended attribute(s) could not be set (the first: {first}); \
+                 does the target file system support them?"
+            );
+        }
+    }
 }
 
 /// Restore `snap` (or a part of it) into `opts.target`.
@@ -134,6 +162,7 @@ pub fn restore(
         delete_in: Vec::new(),
         problems: Vec::new(),
         stats: RestoreStats::default(),
+        xattr_loss: XattrLoss::default(),
     };
     let base = Path::new("/").join(opts.path.strip_prefix("/").unwrap_or(&opts.path));
     match super::walk::find_node(repo, &snap.tree, &base)? {
@@ -162,6 +191,7 @@ pub fn restore(
         delete_in,
         mut problems,
         mut stats,
+        xattr_loss,
         ..
     } = w;
 
@@ -203,26 +233,32 @@ pub fn restore(
     for (dir, names) in &delete_in {
         stats.deleted += delete_extra(dir, names, &mut problems);
     }
-    problems.extend(
-        files
-            .par_iter()
-            .filter_map(|f| {
-                apply_metadata(&f.path, &f.node).err().map(|e| Problem {
+    // A file whose content failed keeps the time of this run, so a rerun does not take
+    // it for complete and writes it again.
+    let failed: HashSet<&Path> = problems.iter().map(|p| p.path.as_path()).collect();
+    let metadata_problems: Vec<Problem> = files
+        .par_iter()
+        .filter(|f| !failed.contains(f.path.as_path()))
+        .filter_map(|f| {
+            apply_metadata(&f.path, &f.node, &xattr_loss)
+                .err()
+                .map(|e| Problem {
                     path: f.path.clone(),
                     message: e,
                 })
-            })
-            .collect::<Vec<_>>(),
-    );
+        })
+        .collect();
+    problems.extend(metadata_problems);
     // Children before parents: reverse of the pre-order walk.
     for (path, node) in dirs.iter().rev() {
-        if let Err(e) = apply_metadata(path, node) {
+        if let Err(e) = apply_metadata(path, node, &xattr_loss) {
             problems.push(Problem {
                 path: path.clone(),
                 message: e,
             });
         }
     }
+    xattr_loss.warn();
     stats.problems = problems;
     Ok(stats)
 }
@@ -259,16 +295,21 @@ impl Walk<'_> {
             names: (included && self.opts.delete).then(HashSet::new),
         });
         if included {
-            self.make_stack()?;
+            if let Err(e) = self.make_stack() {
+                self.stack.pop();
+                return Err(e);
+            }
         }
         for n in &tree.nodes {
             let name = OsStr::from_bytes(&n.name);
             let (s, t) = (snap.join(name), tgt.join(name));
-            if self.exclude.excluded(&s) {
-                continue;
-            }
+            // Excluded names are kept too: `--delete` removes only what the snapshot
+            // lacks, never what the restore was told to leave alone.
             if let Some(names) = self.stack.last_mut().and_then(|d| d.names.as_mut()) {
                 names.insert(name.to_os_string());
+            }
+            if self.exclude.excluded(&s) {
+                continue;
             }
             let inc = included || self.included(&s);
             if let Err(e) = self.entry(&s, &t, n, inc) {
@@ -293,11 +334,7 @@ impl Walk<'_> {
     /// Create the directories on the stack that do not exist yet.
     fn make_stack(&mut self) -> Result<()> {
         for d in self.stack.iter_mut().filter(|d| !d.created) {
-            match std::fs::create_dir(&d.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && d.path.is_dir() => {}
-                Err(e) => return Err(Error::io(&d.path, e)),
-            }
+            make_dir(&d.path)?;
             // Writable while its contents are restored; the real mode comes last.
             std::fs::set_permissions(&d.path, std::fs::Permissions::from_mode(0o700))
                 .map_err(|e| Error::io(&d.path, e))?;
@@ -337,7 +374,7 @@ impl Walk<'_> {
                 let _ = std::fs::remove_file(path);
                 std::os::unix::fs::symlink(OsStr::from_bytes(target), path).map_err(io)?;
                 self.stats.other += 1;
-                apply_metadata(path, node).map_err(Error::Config)?;
+                apply_metadata(path, node, &self.xattr_loss).map_err(Error::Config)?;
             }
             NodeKind::Fifo | NodeKind::CharDevice { .. } | NodeKind::BlockDevice { .. } => {
                 let _ = std::fs::remove_file(path);
@@ -353,12 +390,31 @@ impl Walk<'_> {
                     return Err(io(std::io::Error::last_os_error()));
                 }
                 self.stats.other += 1;
-                apply_metadata(path, node).map_err(Error::Config)?;
+                apply_metadata(path, node, &self.xattr_loss).map_err(Error::Config)?;
             }
             // A socket belongs to the process that created it; nothing to restore.
             NodeKind::Socket | NodeKind::Dir { .. } => {}
         }
         Ok(())
+    }
+}
+
+/// Make `path` a directory. One already there is kept; a file, a symlink or anything
+/// else in its place is replaced, so a restore never writes through a symlink to
+/// outside the target.
+fn make_dir(path: &Path) -> Result<()> {
+    match std::fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let m = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
+            if m.is_dir() {
+                return Ok(());
+            }
+            std::fs::remove_file(path)
+                .and_then(|()| std::fs::create_dir(path))
+                .map_err(|e| Error::io(path, e))
+        }
+        Err(e) => Err(Error::io(path, e)),
     }
 }
 
@@ -413,7 +469,7 @@ fn prepare(repo: &IndexedRepository, opts: &RestoreOptions, f: &FileEntry) -> Pr
     let NodeKind::File { content } = &f.node.kind else {
         return Prepared::Skip;
     };
-    let existing = std::fs::symlink_metadata(&f.path)
+    let mut existing = std::fs::symlink_metadata(&f.path)
         .ok()
         .filter(|m| m.file_type().is_file());
     let complete = existing.as_ref().is_some_and(|m| {
@@ -421,6 +477,17 @@ fn prepare(repo: &IndexedRepository, opts: &RestoreOptions, f: &FileEntry) -> Pr
             && m.mtime() == f.node.mtime.secs
             && m.mtime_nsec() == f.node.mtime.nanos as i64
     });
+    // A file to be written that has other names (a hard link from outside the target)
+    // is replaced, not written through, which would change it under those names too.
+    if existing.as_ref().is_some_and(|m| m.nlink() > 1) && (opts.verify || !complete) {
+        if let Err(e) = std::fs::remove_file(&f.path) {
+            return Prepared::Failed(Problem {
+                path: f.path.clone(),
+                message: format!("cannot replace (it has other hard links): {e}"),
+            });
+        }
+        existing = None;
+    }
     let mut present = Vec::new();
     let mut fresh = true;
     let mut problem = None;
@@ -520,13 +587,17 @@ fn timespec(t: Timestamp) -> libc::timespec {
 }
 
 /// Owner (when root), mode, xattrs and times, without following symlinks.
-fn apply_metadata(path: &Path, node: &Node) -> std::result::Result<(), String> {
+fn apply_metadata(
+    path: &Path,
+    node: &Node,
+    xattr_loss: &XattrLoss,
+) -> std::result::Result<(), String> {
     let c = cstr(path).map_err(|e| e.to_string())?;
     let is_link = matches!(node.kind, NodeKind::Symlink { .. });
     for x in &node.xattrs {
         let name = OsStr::from_bytes(&x.name);
         if let Err(e) = xattr::set(path, name, &x.value) {
-            tracing::debug!("{}: xattr {:?} not restored: {e}", path.display(), name);
+            xattr_loss.add(path, name, e);
         }
     }
     // SAFETY: all calls get a valid NUL-terminated path.
