@@ -140,3 +140,57 @@ fn post_command_runs_when_the_backup_is_interrupted() {
     assert_eq!(status.code(), Some(143));
     assert_eq!(recorded(&post), ["interrupted", "143"]);
 }
+
+/// A hook does not read cairn's standard input: with `--stdin` that is the stream.
+#[test]
+fn a_hook_that_reads_stdin_does_not_eat_the_stream() {
+    let repo = Repo::new();
+    let dump = data(100_000, 7);
+    let mut child = repo
+        .cmd_std()
+        .args([
+            "backup",
+            "--stdin",
+            "--stdin-name",
+            "h/r.bin",
+            "--pre-command",
+        ])
+        .arg("head -c 40 > /dev/null")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &dump).unwrap();
+    assert!(child.wait().unwrap().success());
+    let out = repo
+        .cmd()
+        .args(["dump", "latest:/h/r.bin"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(out.stdout == dump, "{} bytes stored", out.stdout.len());
+}
+
+/// A reader of the summary that went away does not fail a backup whose snapshot is
+/// written, and the post command runs.
+#[test]
+fn a_closed_stdout_still_runs_the_post_command() {
+    let repo = Repo::new();
+    let src = repo.tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), data(1000, 1)).unwrap();
+    let post = repo.tmp.path().join("post");
+    let mut child = repo
+        .cmd_std()
+        .args(["backup", "--post-command"])
+        .arg(recorder(&post))
+        .arg(&src)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let rec = recorded(&post);
+    assert_eq!(rec[..2], ["ok", "0"]);
+}

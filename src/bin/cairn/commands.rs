@@ -430,10 +430,10 @@ fn backup_cmd(g: &Global, a: BackupArgs, snapshot: &mut Option<cairn::SnapshotId
             "summary": s,
             "verified": done.verified.map(|(packs, bytes)| serde_json::json!({"packs": packs, "bytes": bytes})),
         });
-        println!("{line}");
+        summary_line(&line.to_string());
     } else if !g.quiet {
         let verb = if opts.dry_run { "would add" } else { "added" };
-        println!(
+        summary_line(&format!(
             "snapshot {short}: {} new, {} changed, {} unchanged files, {} dirs; {} read, {} {verb} to the repository in {:.1}s",
             s.files_new,
             s.files_changed,
@@ -442,7 +442,7 @@ fn backup_cmd(g: &Global, a: BackupArgs, snapshot: &mut Option<cairn::SnapshotId
             human_bytes(s.bytes_read),
             human_bytes(s.bytes_added),
             s.duration_ms as f64 / 1000.0
-        );
+        ));
     }
     if done.snapshot.complete {
         Ok(exit::OK)
@@ -452,6 +452,15 @@ fn backup_cmd(g: &Global, a: BackupArgs, snapshot: &mut Option<cairn::SnapshotId
             done.problems.len()
         );
         Ok(exit::INCOMPLETE)
+    }
+}
+
+/// Print a backup's summary. The snapshot is written by now: a closed stdout (a reader
+/// that went away) must not turn that into a failure or skip `--post-command`.
+fn summary_line(line: &str) {
+    use std::io::Write;
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{line}") {
+        tracing::debug!("summary not printed: {e}");
     }
 }
 

@@ -16,7 +16,9 @@ use nix::sys::signal::{SigSet, Signal};
 /// Run `cmd` with `sh -c`, with signals unblocked in the child; its exit code.
 fn shell(what: &str, cmd: &str, env: &[(&str, String)]) -> Result<i32> {
     let mut c = Command::new("sh");
-    c.arg("-c").arg(cmd);
+    // Not cairn's stdin: that may be the stream being backed up (`--stdin`), and a
+    // hook that reads (`ssh` without `-n`) would eat its start.
+    c.arg("-c").arg(cmd).stdin(std::process::Stdio::null());
     for (k, v) in env {
         c.env(k, v);
     }
@@ -72,7 +74,11 @@ pub fn around(
     }
     let mut snapshot = None;
     let result = match pre.map(|p| shell("--pre-command", p, &[])) {
-        Some(Ok(0)) | None => backup(&mut snapshot),
+        // A panic (a bug) still runs the post command: the message is already printed.
+        Some(Ok(0)) | None => {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backup(&mut snapshot)))
+                .unwrap_or_else(|_| Err(anyhow!("cairn stopped on an internal error (above)")))
+        }
         Some(Ok(code)) => Err(anyhow!(
             "--pre-command exited {code}; the backup did not start"
         )),
