@@ -496,6 +496,127 @@ fn no_source_existing_fails_without_a_snapshot() {
     assert!(stderr.contains("file/under/nothing"), "{stderr}");
 }
 
+/// A source given inside another is backed up although an exclude pattern or marker
+/// names it, and it does not stop the next backup from finding its parent; an exclude
+/// that leaves out a directory above it stops the backup before it starts.
+#[test]
+fn a_source_inside_another_is_backed_up_as_given() {
+    let repo = Repo::new();
+    let src = repo.tmp.path().join("src");
+    std::fs::create_dir_all(src.join("cache/keep")).unwrap();
+    std::fs::create_dir_all(src.join("skip")).unwrap();
+    std::fs::write(src.join("cache/keep/f"), b"kept").unwrap();
+    std::fs::write(src.join("cache/junk"), b"junk").unwrap();
+    std::fs::write(src.join("skip/.nobackup"), b"").unwrap();
+    std::fs::write(src.join("skip/g"), b"marked, but named").unwrap();
+    std::fs::write(src.join("x.tmp"), b"excluded, but named").unwrap();
+    let a: Vec<std::ffi::OsString> = vec![
+        "--exclude-if-present".into(),
+        ".nobackup".into(),
+        "--exclude".into(),
+        "*.tmp".into(),
+        src.clone().into(),
+        src.join("skip").into(),
+        src.join("x.tmp").into(),
+    ];
+    let argv: Vec<&std::ffi::OsStr> = a.iter().map(|s| s.as_os_str()).collect();
+    let first = repo.backup_json(&argv);
+    assert_eq!(first["summary"]["files_new"], 5, "{first}");
+    let restored = repo.restore_latest(&src);
+    assert_eq!(
+        std::fs::read(restored.join("skip/g")).unwrap(),
+        b"marked, but named"
+    );
+    assert_eq!(
+        std::fs::read(restored.join("x.tmp")).unwrap(),
+        b"excluded, but named"
+    );
+    let second = repo.backup_json(&argv);
+    assert_eq!(second["parent"], first["snapshot_id"], "{second}");
+    assert_eq!(second["summary"]["bytes_read"], 0, "{second}");
+
+    let out = repo
+        .cmd()
+        .args(["backup", "--exclude"])
+        .arg(src.join("cache"))
+        .arg(&src)
+        .arg(src.join("cache/keep"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cache/keep") && err.contains("exclude"),
+        "{err}"
+    );
+}
+
+/// A symlink on the way to a source is stored as the directory it leads to: restored
+/// with that directory's mode, not the link's 0777.
+#[test]
+fn a_symlink_above_a_source_is_stored_as_its_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let repo = Repo::new();
+    let real = repo.tmp.path().join("real");
+    std::fs::create_dir_all(real.join("nexus")).unwrap();
+    std::fs::write(real.join("nexus/blob"), b"artifact").unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let lnk = repo.tmp.path().join("lnk");
+    std::os::unix::fs::symlink(&real, &lnk).unwrap();
+    repo.backup_json(&[lnk.join("nexus").as_os_str()]);
+    let restored = repo.restore_latest(&lnk);
+    let m = std::fs::symlink_metadata(&restored).unwrap();
+    assert!(m.is_dir());
+    assert_eq!(m.permissions().mode() & 0o7777, 0o750);
+    assert_eq!(
+        std::fs::read(restored.join("nexus/blob")).unwrap(),
+        b"artifact"
+    );
+}
+
+/// `backup -x SRC SRC/mnt`: a mount point given as a source is walked on its own file
+/// system (needs root and a mount namespace; skipped without).
+#[test]
+fn one_file_system_backs_up_a_mount_point_given_as_a_source() {
+    if !crate::common::is_root()
+        || !std::process::Command::new("unshare")
+            .args(["-m", "true"])
+            .status()
+            .is_ok_and(|s| s.success())
+    {
+        eprintln!("skipped: needs root and `unshare -m`");
+        return;
+    }
+    let repo = Repo::new();
+    let src = repo.tmp.path().join("src");
+    std::fs::create_dir_all(src.join("mnt")).unwrap();
+    std::fs::create_dir_all(src.join("other")).unwrap();
+    std::fs::write(src.join("top"), b"top").unwrap();
+    let script = r#"mount -t tmpfs tmpfs "$SRC/mnt" && mount -t tmpfs tmpfs "$SRC/other" &&
+        echo important > "$SRC/mnt/important" && echo elsewhere > "$SRC/other/f" &&
+        "$CAIRN" backup -x "$SRC" "$SRC/mnt""#;
+    let cairn = repo.cmd_std();
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", script])
+        .envs(cairn.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env("SRC", &src)
+        .env("CAIRN", env!("CARGO_BIN_EXE_cairn"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restored = repo.restore_latest(&src);
+    assert_eq!(
+        std::fs::read(restored.join("mnt/important")).unwrap(),
+        b"important\n"
+    );
+    assert!(restored.join("other").is_dir() && !restored.join("other/f").exists());
+    assert_eq!(std::fs::read(restored.join("top")).unwrap(), b"top");
+}
+
 /// Runs cairn as `nobody` so that a mode-000 file is really unreadable.
 #[test]
 fn unreadable_file_is_named_exit_3_rest_restorable() {

@@ -125,9 +125,16 @@ pub(super) struct Ctx<'a> {
     generation: u64,
     /// Mark complete trees in the index cache (not in a dry run, which writes nothing).
     mark_complete: bool,
+    /// Sources given inside another source ([`source_roots`]).
+    nested: Vec<PathBuf>,
 }
 
 impl Ctx<'_> {
+    /// Was `path` given as a source inside another one?
+    fn named(&self, path: &Path) -> bool {
+        !self.nested.is_empty() && self.nested.iter().any(|n| n == path)
+    }
+
     pub(super) fn problem(&self, path: &Path, message: impl Into<String>) {
         let p = Problem {
             path: path.to_path_buf(),
@@ -226,6 +233,10 @@ fn run(
         stream_checked: Mutex::new(None),
         generation: repo.index().generation(),
         mark_complete: !opts.dry_run,
+        nested: match &source {
+            Source::Paths(paths) => source_roots(paths)?.1,
+            _ => Vec::new(),
+        },
     };
     let parent_tree = parent.as_ref().map(|(_, p)| p.tree);
     let pool = super::cpu_pool()?;
@@ -269,7 +280,10 @@ fn run(
     }
     let s = &mut snap.summary;
     s.files_changed = progress.files_changed.load(Ordering::Relaxed);
-    s.files_new = progress.files.load(Ordering::Relaxed) - s.files_changed;
+    s.files_new = progress
+        .files
+        .load(Ordering::Relaxed)
+        .saturating_sub(s.files_changed);
     s.files_unmodified = progress.files_unmodified.load(Ordering::Relaxed);
     s.dirs = progress.dirs.load(Ordering::Relaxed);
     s.bytes_read = progress.bytes_read.load(Ordering::Relaxed);
@@ -339,12 +353,12 @@ fn find_parent(
     if let Some(id) = asked {
         return Ok(Some((id, repo.load_snapshot(&id)?)));
     }
-    let mut want: Vec<String> = paths
+    // The paths a snapshot records: nested sources are not among them.
+    let want: Vec<String> = source_roots(paths)?
+        .0
         .iter()
-        .map(|p| clean_absolute(p).map(|p| p.display().to_string()))
-        .collect::<Result<_>>()?;
-    want.sort();
-    want.dedup();
+        .map(|p| p.display().to_string())
+        .collect();
     let cache = repo.index();
     let ids: Vec<SnapshotId> = repo.block_on(crate::backend::list_ids(
         repo.backend().as_ref(),
@@ -401,6 +415,58 @@ fn find_parent(
     Ok(Some((id, repo.load_snapshot(&id)?)))
 }
 
+/// The sources to walk, absolute and sorted, and the sources given inside another one
+/// (walked as part of it; `-x` and exclude markers do not leave them out).
+fn source_roots(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let mut cleaned: Vec<PathBuf> = paths
+        .iter()
+        .map(|p| clean_absolute(p))
+        .collect::<Result<_>>()?;
+    cleaned.sort();
+    cleaned.dedup();
+    let (mut sources, mut nested) = (Vec::<PathBuf>::new(), Vec::new());
+    for p in cleaned {
+        if sources.iter().any(|s| p.starts_with(s)) {
+            nested.push(p);
+        } else {
+            sources.push(p);
+        }
+    }
+    Ok((sources, nested))
+}
+
+/// A source inside another source that an exclude pattern or marker file would leave
+/// out, with a directory above it: the two requests contradict each other, so the
+/// backup stops before it starts rather than guess which one was meant.
+fn check_nested(select: &Selector, sources: &[PathBuf], nested: &[PathBuf]) -> Result<()> {
+    for n in nested {
+        let outer = sources
+            .iter()
+            .find(|s| n.starts_with(s))
+            .expect("nested in a source");
+        for a in n
+            .ancestors()
+            .skip(1)
+            .take_while(|a| a.starts_with(outer) && a != outer)
+        {
+            let why = if select.excluded(a) {
+                "an exclude pattern leaves out"
+            } else if select.marked(a) {
+                "an exclude marker file leaves out"
+            } else {
+                continue;
+            };
+            return Err(Error::Config(format!(
+                "{} is given as a path to back up, but {why} {} above it: \
+                 remove the path or change the exclude",
+                n.display(),
+                a.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A directory of the virtual root: the path components leading to the sources.
 #[derive(Default)]
 struct VDir {
@@ -453,19 +519,8 @@ fn backup_paths(
             "nothing to back up: give at least one path".into(),
         ));
     }
-    let mut cleaned: Vec<PathBuf> = paths
-        .iter()
-        .map(|p| clean_absolute(p))
-        .collect::<Result<_>>()?;
-    cleaned.sort();
-    cleaned.dedup();
-    // A source inside another source is already covered by it.
-    let mut sources: Vec<PathBuf> = Vec::new();
-    for p in cleaned {
-        if !sources.iter().any(|s| p.starts_with(s)) {
-            sources.push(p);
-        }
-    }
+    let (sources, nested) = source_roots(paths)?;
+    check_nested(&ctx.select, &sources, &nested)?;
     // When no source exists at all, the paths are wrong or a volume is not mounted: an
     // empty, incomplete snapshot would only hide that among the others.
     let absent = |s: &PathBuf| {
@@ -580,7 +635,9 @@ fn backup_vdir(
             }
             VEntry::Dir(sub) => {
                 let path = real.join(name_os);
-                let meta = match Meta::of_path(&path) {
+                // A symlink on the way is stored as the directory it leads to (its own
+                // mode, 0777, would make the restored directory world-writable).
+                let meta = match Meta::of_path_followed(&path) {
                     Ok(m) => m,
                     // Nothing below a directory that cannot be stat-ed can be read.
                     Err(e) => {
@@ -762,7 +819,6 @@ fn check_reused(ctx: &Ctx, dir: &Path, node: &mut Node, meta: &Meta) -> Result<O
             complete = false;
             continue;
         }
-        ctx.progress.files_changed.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(OsStr::from_bytes(&node.name));
         let Ok(abs) = CString::new(path.as_os_str().as_bytes()) else {
             ctx.problem(&path, "the path holds a NUL byte");
@@ -771,6 +827,9 @@ fn check_reused(ctx: &Ctx, dir: &Path, node: &mut Node, meta: &Meta) -> Result<O
         return Ok(
             match backup_file(ctx, nix::fcntl::AT_FDCWD, &abs, &path, meta, None)? {
                 Some(f) => {
+                    // Counted once read: `files` counts only files read, and
+                    // new = files - changed.
+                    ctx.progress.files_changed.fetch_add(1, Ordering::Relaxed);
                     node.kind = NodeKind::File { content: f.content };
                     // The size of the stored content, as for any file read.
                     node.size = f.read;
@@ -870,9 +929,13 @@ fn backup_entry(
     // A directory's or file's extended attributes are read from it while it is open.
     let mut xattrs = None;
     let (kind, complete) = if meta.is_dir() {
-        if ctx.select.marked(&path) {
+        // A source given inside this one is backed up even where it is a mount point
+        // (`-x / /boot`) or carries a marker, on its own file system.
+        let named = ctx.named(&path);
+        if ctx.select.marked(&path) && !named {
             return Ok(None);
         }
+        let dev = if named { meta.dev } else { dev };
         let contents = if ctx.select.one_file_system && meta.dev != dev {
             // A mount point: keep the directory, not the other file system's contents.
             finish_tree(ctx, &path, Vec::new(), None)
@@ -899,12 +962,12 @@ fn backup_entry(
             Err(e) => return Err(e),
         }
     } else if meta.is_file() {
-        if parent_was_file {
-            ctx.progress.files_changed.fetch_add(1, Ordering::Relaxed);
-        }
         match backup_file(ctx, at, rel, &path, &meta, opened.map(|(f, _)| f))? {
             // Its blobs may be pending in this backup's writer: not complete.
             Some(f) => {
+                if parent_was_file {
+                    ctx.progress.files_changed.fetch_add(1, Ordering::Relaxed);
+                }
                 read_size = Some(f.read);
                 xattrs = Some(f.xattrs);
                 (NodeKind::File { content: f.content }, false)
@@ -992,8 +1055,11 @@ fn backup_dir_contents(
     work.into_par_iter()
         .map(|(i, p)| {
             let (n, c) = names.get(i);
-            if ctx.select.excludes_any() && ctx.select.excluded(&path.join(n)) {
-                return Ok(None);
+            if ctx.select.excludes_any() {
+                let p = path.join(n);
+                if ctx.select.excluded(&p) && !ctx.named(&p) {
+                    return Ok(None);
+                }
             }
             let name = Listed {
                 rel: c,

@@ -65,6 +65,12 @@ impl Meta {
         Ok(Self::of(&std::fs::symlink_metadata(path)?))
     }
 
+    /// The `stat` of `path`, following a symlink: for the directories leading to a
+    /// source, which the source's path goes through whatever they are.
+    pub fn of_path_followed(path: &Path) -> io::Result<Self> {
+        Ok(Self::of(&std::fs::metadata(path)?))
+    }
+
     /// The `fstat` of an open file.
     pub fn of_file(f: &std::fs::File) -> io::Result<Self> {
         Ok(Self::of(&f.metadata()?))
