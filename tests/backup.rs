@@ -313,6 +313,40 @@ fn failing_command_writes_no_complete_snapshot_and_exits_1() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("signal 9"));
 }
 
+/// An empty stream (a failed `pg_dump` in a pipe without pipefail, a closed stdin, a
+/// command that printed nothing) is stored but not counted as complete: exit 3.
+#[test]
+fn an_empty_stream_is_an_incomplete_snapshot() {
+    let repo = Repo::new();
+    let piped = repo
+        .cmd_std()
+        .args(["backup", "--stdin", "--stdin-name", "harbor/registry.sql"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let command = repo
+        .cmd()
+        .args(["backup", "--stdin-from-command", "--", "true"])
+        .output()
+        .unwrap();
+    for out in [piped, command] {
+        assert_eq!(out.status.code(), Some(3));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("stream was empty") && err.contains("pipefail"),
+            "{err}"
+        );
+    }
+    let snaps = repo.cmd().args(["snapshots", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&snaps.stdout).unwrap();
+    let all = v.as_array().unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(
+        all.iter().all(|s| s["snapshot"]["complete"] == false),
+        "{v}"
+    );
+}
+
 #[test]
 fn command_output_is_stored_with_its_provenance() {
     let repo = Repo::new();

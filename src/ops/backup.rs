@@ -1426,6 +1426,15 @@ pub(super) fn backup_stream(
             }
             if let Some(p) = verdict.problem() {
                 ctx.problem(Path::new(name), p);
+            } else if r.1 == 0 {
+                // A dump is never empty: its producer failed, and in a pipe (`pg_dump |
+                // cairn backup --stdin`) its exit status did not reach cairn. Counted
+                // retention keeps complete snapshots first, so this one must not count.
+                ctx.problem(
+                    Path::new(name),
+                    "the stream was empty: did the command writing it fail? \
+                     (with --stdin, use `set -o pipefail` so the shell sees it)",
+                );
             }
             r
         }
