@@ -347,6 +347,36 @@ fn an_empty_stream_is_an_incomplete_snapshot() {
     );
 }
 
+/// A producer that leaves a process behind holding its stderr (`cmd &` in a wrapper)
+/// does not keep the backup waiting once it has exited.
+#[test]
+fn a_background_process_holding_stderr_does_not_hold_the_backup() {
+    let repo = Repo::new();
+    let pid_file = repo.tmp.path().join("pid");
+    let script = format!(
+        "sleep 300 > /dev/null & echo $! > {}; echo data; echo last words >&2",
+        pid_file.display()
+    );
+    let started = std::time::Instant::now();
+    let out = repo
+        .cmd()
+        .args(["backup", "--json", "--stdin-from-command", "--", "sh", "-c"])
+        .arg(&script)
+        .timeout(std::time::Duration::from_secs(120))
+        .output()
+        .unwrap();
+    let waited = started.elapsed();
+    if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+        let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+    }
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(waited < std::time::Duration::from_secs(120), "{waited:?}");
+    let snaps = repo.cmd().args(["snapshots", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&snaps.stdout).unwrap();
+    let tail = v[0]["snapshot"]["stream"]["stderr_tail"].as_str().unwrap();
+    assert!(tail.contains("last words"), "{v}");
+}
+
 #[test]
 fn command_output_is_stored_with_its_provenance() {
     let repo = Repo::new();

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use super::backup::{Ctx, backup_stream};
 use crate::error::{Error, Result};
@@ -18,6 +19,8 @@ use crate::id::BlobId;
 
 /// Lines of the producer's stderr kept in the snapshot.
 const TAIL_LINES: usize = 20;
+/// How long the end of the producer's stderr is waited for once it has exited.
+const STDERR_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub(super) fn backup_command(
     ctx: &Ctx,
@@ -39,19 +42,22 @@ pub(super) fn backup_command(
         .map_err(|e| Error::Source(format!("cannot run `{shown}`: {e}")))?;
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
-    let tail_thread = std::thread::spawn(move || {
-        let mut tail = VecDeque::with_capacity(TAIL_LINES);
+    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+    let (done, ended) = std::sync::mpsc::channel::<()>();
+    let kept = tail.clone();
+    std::thread::spawn(move || {
         let mut reader = std::io::BufReader::new(stderr);
         let mut line = Vec::new();
         while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
             let _ = std::io::stderr().write_all(&line);
+            let mut tail = kept.lock().expect("stderr tail");
             if tail.len() == TAIL_LINES {
                 tail.pop_front();
             }
             tail.push_back(String::from_utf8_lossy(&line).into_owned());
             line.clear();
         }
-        tail.into_iter().collect::<String>()
+        drop(done);
     });
     let info = StreamInfo {
         command: argv.to_vec(),
@@ -66,7 +72,16 @@ pub(super) fn backup_command(
     let status = child
         .wait()
         .map_err(|e| Error::Source(format!("waiting for `{shown}`: {e}")))?;
-    let stderr_tail = tail_thread.join().unwrap_or_default();
+    // The producer's stderr ends when every process holding it has closed it; one it
+    // left running in the background (`cmd &` in a wrapper script) may hold it for
+    // hours. The tail is informational: wait a moment for its last lines, not for that.
+    let _ = ended.recv_timeout(STDERR_GRACE);
+    let stderr_tail = tail
+        .lock()
+        .expect("stderr tail")
+        .iter()
+        .map(String::as_str)
+        .collect::<String>();
     let (tree, paths, mut info) = stored?;
     info.exit_code = status.code();
     info.stderr_tail = stderr_tail;
