@@ -369,7 +369,11 @@ fn a_background_process_holding_stderr_does_not_hold_the_backup() {
     if let Ok(pid) = std::fs::read_to_string(&pid_file) {
         let _ = std::process::Command::new("kill").arg(pid.trim()).status();
     }
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(waited < std::time::Duration::from_secs(120), "{waited:?}");
     let snaps = repo.cmd().args(["snapshots", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&snaps.stdout).unwrap();
@@ -636,6 +640,31 @@ fn a_symlink_above_a_source_is_stored_as_its_directory() {
         std::fs::read(restored.join("nexus/blob")).unwrap(),
         b"artifact"
     );
+}
+
+/// A symlink given as a source is stored as the link, with a warning; given as `link/`,
+/// the directory it leads to is backed up.
+#[test]
+fn a_symlink_source_with_a_trailing_slash_is_followed() {
+    let repo = Repo::new();
+    let real = repo.tmp.path().join("data");
+    std::fs::create_dir_all(&real).unwrap();
+    std::fs::write(real.join("f"), b"content").unwrap();
+    let link = repo.tmp.path().join("current");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let out = repo.backup_output(&[link.as_os_str()]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("a symlink") && err.contains("current/"),
+        "{err}"
+    );
+
+    let slash = format!("{}/", link.display());
+    let v = repo.backup_json(&[std::ffi::OsStr::new(&slash)]);
+    assert_eq!(v["summary"]["files_new"], 1, "{v}");
+    let restored = repo.restore_latest(&real);
+    assert_eq!(std::fs::read(restored.join("f")).unwrap(), b"content");
 }
 
 /// `backup -x SRC SRC/mnt`: a mount point given as a source is walked on its own file

@@ -492,8 +492,9 @@ impl VDir {
     }
 }
 
-/// Make a path absolute and drop `.` and `..` lexically (a symlink given as a source
-/// is stored as the symlink, as the user named it).
+/// Make a path absolute and drop `.` and `..` lexically. A symlink given as a source is
+/// stored as the symlink, as the user named it; given with a trailing `/`, it is
+/// replaced by the directory it leads to.
 fn clean_absolute(p: &Path) -> Result<PathBuf> {
     let abs = std::path::absolute(p).map_err(|e| Error::io(p, e))?;
     let mut out = PathBuf::from("/");
@@ -505,6 +506,11 @@ fn clean_absolute(p: &Path) -> Result<PathBuf> {
             }
             _ => {}
         }
+    }
+    // `link/` asks for the directory a symlink leads to, as with tar and rsync.
+    let bytes = p.as_os_str().as_bytes();
+    if (bytes.ends_with(b"/") || bytes.ends_with(b"/.")) && out.is_symlink() && out.is_dir() {
+        return std::fs::canonicalize(&out).map_err(|e| Error::io(&out, e));
     }
     Ok(out)
 }
@@ -521,6 +527,13 @@ fn backup_paths(
     }
     let (sources, nested) = source_roots(paths)?;
     check_nested(&ctx.select, &sources, &nested)?;
+    for s in sources.iter().filter(|s| s.is_symlink()) {
+        tracing::warn!(
+            "{}: a symlink, stored as the link; give it as `{}/` to back up what it leads to",
+            s.display(),
+            s.display()
+        );
+    }
     // When no source exists at all, the paths are wrong or a volume is not mounted: an
     // empty, incomplete snapshot would only hide that among the others.
     let absent = |s: &PathBuf| {
