@@ -335,6 +335,7 @@ impl<'r> Checker<'r> {
                     let _ = self.refresh_index();
                     self.settle_absent(&absent);
                 }
+                self.record_wrong_sizes();
             }
         }
     }
@@ -365,11 +366,28 @@ impl<'r> Checker<'r> {
             let absent = self.classify(&listed);
             self.settle_absent(&absent);
         }
+        self.record_wrong_sizes();
+        let mut unreferenced: Vec<Unreferenced> = listed
+            .iter()
+            .filter(|(id, _)| !self.idx.pack_pos.contains_key(id))
+            .map(|(id, size)| Unreferenced {
+                name: names::pack(id),
+                size: *size,
+            })
+            .collect();
+        unreferenced.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(unreferenced)
+    }
+
+    /// A damage for each pack of the wrong size not reported yet (also those a later
+    /// reading of the index added), which [`Self::place`] names for its blobs.
+    fn record_wrong_sizes(&mut self) {
         let wrong: Vec<(u32, String, String)> = self
             .idx
             .packs
             .iter()
             .enumerate()
+            .filter(|(pos, _)| !self.pack_damage.contains_key(&(*pos as u32)))
             .filter_map(|(pos, p)| match p.state {
                 PackState::WrongSize(actual) => {
                     let what = if actual < p.size { " (truncated)" } else { "" };
@@ -386,16 +404,6 @@ impl<'r> Checker<'r> {
             let d = self.add_damage(DamageKind::PackSize, name, None, msg);
             self.pack_damage.insert(pos, d);
         }
-        let mut unreferenced: Vec<Unreferenced> = listed
-            .iter()
-            .filter(|(id, _)| !self.idx.pack_pos.contains_key(id))
-            .map(|(id, size)| Unreferenced {
-                name: names::pack(id),
-                size: *size,
-            })
-            .collect();
-        unreferenced.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(unreferenced)
     }
 
     /// Set the state of packs not compared yet; returns those not listed.
@@ -722,4 +730,74 @@ pub fn verify_new_packs(
         bytes: c.stats.bytes_verified,
         damage: c.damage,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Node, NodeKind, Snapshot, Timestamp, Tree};
+
+    /// A truncated pack that only a later reading of the index names (its index file
+    /// appeared during the check) is damage like any other: it was classified without
+    /// a damage entry, and looking up its blobs then panicked.
+    #[test]
+    fn a_truncated_pack_a_later_index_reading_adds_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = crate::repository::test_repository(dir.path(), 1)
+            .into_indexed()
+            .unwrap();
+        let w = repo.writer();
+        let content: Vec<u8> = (0..300_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        let (blob, _) = w.add(BlobType::Data, &content).unwrap();
+        let file = Node {
+            name: b"f".to_vec(),
+            kind: NodeKind::File {
+                content: vec![blob],
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            user: String::new(),
+            group: String::new(),
+            mtime: Timestamp::now(),
+            ctime: Timestamp::now(),
+            size: content.len() as u64,
+            inode: 1,
+            device: 1,
+            links: 1,
+            xattrs: Vec::new(),
+        };
+        let (tree, _) = w
+            .add(BlobType::Tree, &Tree::new(vec![file]).encode())
+            .unwrap();
+        w.finish().unwrap();
+        let snap = repo
+            .save_snapshot(&Snapshot::new(tree, vec!["/x".into()]))
+            .unwrap();
+
+        let root = dir.path().join("repo");
+        let index_dir = root.join("index");
+        let aside = dir.path().join("aside");
+        std::fs::rename(&index_dir, &aside).unwrap();
+        std::fs::create_dir(&index_dir).unwrap();
+        let progress = CheckProgress::default();
+        let mut c = Checker::new(&repo, &progress);
+        c.prepare(ReadData::None).unwrap();
+        // The index comes back with its data pack truncated, before the tree walk.
+        std::fs::remove_dir(&index_dir).unwrap();
+        std::fs::rename(&aside, &index_dir).unwrap();
+        let loc = repo.locate(BlobType::Data, &blob).unwrap();
+        let hex = loc.pack.to_hex();
+        let pack = root.join("data").join(&hex[..2]).join(&hex);
+        let f = std::fs::OpenOptions::new().write(true).open(&pack).unwrap();
+        f.set_len(loc.offset + 10).unwrap();
+
+        c.check_snapshot(snap, tree).unwrap();
+        let d = c
+            .damage
+            .iter()
+            .find(|d| d.kind == DamageKind::PackSize)
+            .unwrap_or_else(|| panic!("no pack size damage: {:?}", c.damage));
+        assert!(d.object.ends_with(&hex), "{d:?}");
+    }
 }
