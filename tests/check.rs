@@ -382,6 +382,34 @@ fn corrupt_index_file_is_named_and_repaired() {
     crate::common::assert_same_tree(&f.src, &restored);
 }
 
+/// A pack whose header cannot be read keeps the index entries it has: `repair index
+/// --read-all-packs` once dropped them with the old index files, losing every blob in it.
+#[test]
+fn repair_index_keeps_the_entries_of_a_pack_with_a_damaged_header() {
+    let f = fixture();
+    let (pack, _, _) = f.blob_of("a/f05");
+    let len = std::fs::metadata(&pack).unwrap().len();
+    // Inside the sealed header, just before the trailer.
+    flip_byte(&pack, len - 12 - 5);
+    let out = run_ok(
+        f.repo
+            .cmd()
+            .args(["repair", "index", "--read-all-packs", "--json"]),
+    );
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let name = object_name(&pack);
+    assert_eq!(rep["packs_unreadable"][0][0], name.as_str(), "{rep:#}");
+    assert_eq!(rep["packs_kept_from_index"][0][0], name.as_str(), "{rep:#}");
+    // Every blob is still indexed and readable: only the header is damaged.
+    let (code, r) = f.check(&[]);
+    assert_eq!(code, 0, "{r:#}");
+    let restored = f.repo.restore_latest(&f.src);
+    crate::common::assert_same_tree(&f.src, &restored);
+    let (code, r) = f.check(&["--read-data"]);
+    assert_eq!(code, 1);
+    damage_of(&r, "pack", &name);
+}
+
 #[test]
 fn corrupt_snapshot_object_is_named() {
     let f = fixture();

@@ -45,8 +45,13 @@ pub struct RepairIndexReport {
     pub packs_added: Vec<String>,
     /// Indexed packs that are not in the repository: dropped from the index.
     pub packs_dropped: Vec<String>,
-    /// Packs whose header cannot be read: not indexed (their blobs are lost).
+    /// Packs whose header cannot be read. The index entries of theirs that lie inside
+    /// the pack as it is now are kept ([`Self::packs_kept_from_index`]); a pack with none
+    /// is not indexed (its blobs are lost).
     pub packs_unreadable: Vec<(String, String)>,
+    /// Packs with an unreadable header indexed from their existing entries, and how
+    /// many entries were kept of how many.
+    pub packs_kept_from_index: Vec<(String, usize, usize)>,
     /// Index files replaced (deleted after the new ones were written).
     pub index_files_replaced: Vec<String>,
     pub index_files_written: Vec<IndexId>,
@@ -120,11 +125,33 @@ pub fn repair_index(repo: &Repository, opts: &RepairIndexOptions) -> Result<Repa
             }
             Err(Error::NotFound { .. }) => report.packs_dropped.push(names::pack(&id)),
             Err(e @ Error::Backend { .. }) => return Err(e),
-            Err(e) => report
-                .packs_unreadable
-                .push((names::pack(&id), super::check::reason_of(&e))),
+            Err(e) => {
+                // What the index knows of the pack is all there is: keep the entries
+                // inside the pack as it is, so the blobs there stay reachable.
+                if let Some(p) = c.idx.pack_pos.get(&id).map(|&i| &c.idx.packs[i as usize]) {
+                    let size = listed[&id];
+                    let blobs: Vec<_> = p
+                        .blobs
+                        .iter()
+                        .filter(|b| b.offset + b.length as u64 <= size)
+                        .cloned()
+                        .collect();
+                    if !blobs.is_empty() {
+                        report.packs_kept_from_index.push((
+                            names::pack(&id),
+                            blobs.len(),
+                            p.blobs.len(),
+                        ));
+                        packs.push(IndexPack { id, size, blobs });
+                    }
+                }
+                report
+                    .packs_unreadable
+                    .push((names::pack(&id), super::check::reason_of(&e)));
+            }
         }
     }
+    report.packs_kept_from_index.sort();
     report.packs_added.sort();
     report.packs_dropped.sort();
     report.packs_unreadable.sort();
@@ -137,6 +164,7 @@ pub fn repair_index(repo: &Repository, opts: &RepairIndexOptions) -> Result<Repa
     let changed = !c.idx.damaged.is_empty()
         || !report.packs_added.is_empty()
         || !report.packs_dropped.is_empty()
+        || !report.packs_kept_from_index.is_empty()
         || opts.read_all_packs;
     if !changed {
         report.index_files_replaced.clear();

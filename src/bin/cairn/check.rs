@@ -339,7 +339,12 @@ pub fn repair(g: &Global, r: RepairCommand) -> Result<u8> {
                 println!("dropped (not in the repository): {p}");
             }
             for (p, why) in &rep.packs_unreadable {
-                println!("not indexed, header unreadable: {p}: {why}");
+                match rep.packs_kept_from_index.iter().find(|k| &k.0 == p) {
+                    Some((_, kept, of)) => println!(
+                        "header unreadable, {kept} of {of} index entries kept (those inside the pack): {p}: {why}"
+                    ),
+                    None => println!("not indexed, header unreadable: {p}: {why}"),
+                }
             }
             if rep.index_files_replaced.is_empty() {
                 println!("the index describes every pack; nothing to do");
