@@ -88,3 +88,68 @@ fn key_files_hold_no_plain_key_material() {
     assert_eq!(v["kdf"]["algorithm"], "argon2id");
     assert!(v.get("sealed_master").is_none());
 }
+
+/// A damaged key file (unusable Argon2id parameters, or cut short) never keeps another
+/// password from opening the repository, is named by `check` and `key list`, and `key
+/// remove` removes it.
+#[test]
+fn a_damaged_key_file_is_skipped_named_and_removable() {
+    let repo = Repo::new();
+    let keys = repo.path.join("keys");
+    let good = std::fs::read_dir(&keys)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut kf = cairn::format::KeyFile::from_bytes("key", &std::fs::read(&good).unwrap()).unwrap();
+    kf.kdf.parallelism = 0;
+    // Names sort before and after the good key's, so either order of trying is seen.
+    let bad_params = keys.join("0".repeat(64));
+    let cut = keys.join("f".repeat(64));
+    std::fs::write(&bad_params, kf.to_bytes()).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+
+    for _ in 0..4 {
+        let out = repo.cmd().arg("snapshots").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = repo.cmd().args(["check", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let damaged: Vec<&str> = r["damage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["kind"] == "key")
+        .map(|d| d["object"].as_str().unwrap())
+        .collect();
+    assert_eq!(damaged.len(), 2, "{r:#}");
+
+    let out = repo.cmd().args(["key", "list"]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("DAMAGED")
+            .count(),
+        2
+    );
+    for prefix in ["00000000", "ffffffff"] {
+        repo.cmd()
+            .args(["key", "remove", prefix])
+            .assert()
+            .success();
+    }
+    let out = repo.cmd().args(["check"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -48,18 +48,22 @@ impl KdfParams {
         }
     }
 
-    /// Derive the 32-byte key-encryption key.
-    pub fn derive(&self, password: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
-        let params =
-            argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
-                .map_err(|e| Error::format("key file", format!("bad Argon2id parameters: {e}")))?;
-        // Refuse absurd memory from a damaged or hostile key file instead of aborting.
+    /// The Argon2id parameters, or why they cannot be used (a damaged or hostile key
+    /// file: absurd memory is refused instead of aborting).
+    pub fn params(&self) -> std::result::Result<argon2::Params, String> {
         if self.memory_kib > 4 * 1024 * 1024 {
-            return Err(Error::format(
-                "key file",
-                format!("Argon2id memory {} KiB is over 4 GiB", self.memory_kib),
+            return Err(format!(
+                "Argon2id memory {} KiB is over 4 GiB",
+                self.memory_kib
             ));
         }
+        argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
+            .map_err(|e| format!("bad Argon2id parameters: {e}"))
+    }
+
+    /// Derive the 32-byte key-encryption key.
+    pub fn derive(&self, password: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
+        let params = self.params().map_err(|e| Error::format("key file", e))?;
         let count = params.block_count();
         let argon =
             argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);

@@ -54,8 +54,11 @@ impl KeyFile {
         encode(self)
     }
 
+    /// Decode, and check that the KDF parameters can be used.
     pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<Self> {
-        decode(name, bytes)
+        let kf: KeyFile = decode(name, bytes)?;
+        kf.kdf.params().map_err(|e| Error::format(name, e))?;
+        Ok(kf)
     }
 }
 

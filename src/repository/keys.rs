@@ -20,6 +20,9 @@ pub struct KeyInfo {
     pub user: String,
     /// The key this process opened the repository with.
     pub current: bool,
+    /// Why the key file cannot be read, when it cannot (`key remove` still removes it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damage: Option<String>,
 }
 
 async fn load_all(backend: &dyn Backend) -> Result<Vec<(KeyId, Result<KeyFile>)>> {
@@ -48,11 +51,11 @@ pub(super) fn find_key(
     let n = keys.len();
     for (id, kf) in keys {
         match kf {
-            Ok(kf) => {
-                if let Some(m) = kf.open(password)? {
-                    return Ok((id, m));
-                }
-            }
+            Ok(kf) => match kf.open(password) {
+                Ok(Some(m)) => return Ok((id, m)),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("skipping key file {}: {e}", names::key(&id)),
+            },
             // A damaged key file is skipped (another may open); a store that cannot be
             // read is an error, never a wrong password.
             Err(e @ (Error::Format { .. } | Error::Integrity { .. })) => {
@@ -72,14 +75,28 @@ impl Repository {
     pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
         let mut out = Vec::new();
         for (id, kf) in self.block_on(load_all(self.backend().as_ref()))? {
-            let kf = kf?;
-            out.push(KeyInfo {
-                id,
-                created: kf.created,
-                host: kf.host,
-                user: kf.user,
-                current: id == self.key_id(),
-            });
+            let info = match kf {
+                Ok(kf) => KeyInfo {
+                    id,
+                    created: kf.created,
+                    host: kf.host,
+                    user: kf.user,
+                    current: id == self.key_id(),
+                    damage: None,
+                },
+                Err(Error::NotFound { .. }) => continue,
+                Err(e @ Error::Backend { .. }) => return Err(e),
+                // Listed, so that `key remove` can remove it.
+                Err(e) => KeyInfo {
+                    id,
+                    created: 0,
+                    host: String::new(),
+                    user: String::new(),
+                    current: false,
+                    damage: Some(e.to_string()),
+                },
+            };
+            out.push(info);
         }
         out.sort_by_key(|k| (k.created, k.id));
         Ok(out)

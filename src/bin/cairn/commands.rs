@@ -655,6 +655,10 @@ fn key(g: &Global, k: KeyCommand) -> Result<u8> {
             } else {
                 println!("  {:<8}  {:<19}  {:<12}  user", "id", "created", "host");
                 for k in keys {
+                    if let Some(d) = &k.damage {
+                        println!("  {:<8}  DAMAGED: {d}", k.id.short());
+                        continue;
+                    }
                     println!(
                         "{} {:<8}  {:<19}  {:<12}  {}",
                         if k.current { "*" } else { " " },
