@@ -443,7 +443,20 @@ fn excludes_and_files_from() {
     let pats = repo.tmp.path().join("patterns");
     std::fs::write(&pats, "# comment\n\ncache\n").unwrap();
     let list = repo.tmp.path().join("list");
-    std::fs::write(&list, format!("{}\n", src.display())).unwrap();
+    // Windows line ends are taken; NUL-separated lists are refused, naming the line.
+    std::fs::write(&list, format!("# sources\r\n{}\r\n", src.display())).unwrap();
+    let nul = repo.tmp.path().join("nul-list");
+    std::fs::write(&nul, format!("{}\0{}\0", src.display(), src.display())).unwrap();
+    let out = repo
+        .cmd()
+        .arg("backup")
+        .arg("--files-from")
+        .arg(&nul)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 1") && err.contains("NUL"), "{err}");
     crate::common::run_ok(
         repo.cmd()
             .args([

@@ -378,11 +378,22 @@ fn backup_source(a: &BackupArgs) -> Result<Source> {
     for f in &a.files_from {
         let text =
             std::fs::read(f).with_context(|| format!("reading --files-from {}", f.display()))?;
-        paths.extend(
-            text.split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty() && !l.starts_with(b"#"))
-                .map(|l| PathBuf::from(std::ffi::OsStr::from_bytes(l))),
-        );
+        for (n, line) in text.split(|b| *b == b'\n').enumerate() {
+            // Lists written on Windows end their lines with CR LF.
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() || line.starts_with(b"#") {
+                continue;
+            }
+            if line.contains(&0) {
+                bail!(
+                    "--files-from {}: line {} holds a NUL byte; give one path per line \
+                     (`find -print`, not `-print0`)",
+                    f.display(),
+                    n + 1
+                );
+            }
+            paths.push(PathBuf::from(std::ffi::OsStr::from_bytes(line)));
+        }
     }
     if paths.is_empty() {
         bail!("nothing to back up: give paths, --files-from, --stdin or --stdin-from-command");
