@@ -34,7 +34,7 @@ use crate::format::{
     self, BlobType, Deletion, IndexFile, IndexPack, LockKind, NodeKind, PackBlob, aad, names,
 };
 use crate::id::{BlobId, Id, IndexId, PackId, SnapshotId};
-use crate::repository::{Announcement, IndexedRepository, Locks, Repository};
+use crate::repository::{Announcement, IndexedRepository, Locks, REFRESH, Repository, STALE_AFTER};
 
 /// How much unused space to tolerate before repacking.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -152,6 +152,13 @@ pub fn prune(repo: Repository, opts: &PruneOptions) -> Result<PruneReport> {
     result
 }
 
+/// Stop before the next step that writes or removes when this prune's lock went
+/// unrefreshed long enough for another prune to take it for dead (stopped, or the store
+/// unreachable): two prunes at once could each remove what the other keeps.
+fn fresh(me: &Announcement) -> Result<()> {
+    me.check_fresh(STALE_AFTER - REFRESH)
+}
+
 /// Remove the lock objects of operations that ended or went stale.
 fn clean_locks(repo: &Repository, opts: &PruneOptions, me: &Announcement) -> usize {
     let Ok(locks) = repo.locks(opts.stale_after, Some(me.op())) else {
@@ -196,6 +203,19 @@ fn run(
     };
     for s in &report.stale_locks {
         tracing::warn!("ignoring stale lock: {s}");
+    }
+    // An unreadable lock may be a running backup's: going on could remove its data.
+    if let Some(first) = locks.unreadable.first() {
+        let msg = format!(
+            "{} lock object(s) cannot be read, so prune cannot tell whether the operation \
+             behind them still runs; it stops. Once no backup or prune is running, remove \
+             them with `cairn unlock`",
+            locks.unreadable.len()
+        );
+        if !opts.dry_run {
+            return Err(Error::integrity(first.clone(), msg));
+        }
+        tracing::warn!("{first}: {msg}");
     }
     let done: HashSet<Id> = locks
         .ops
@@ -309,6 +329,7 @@ fn run(
             report.finished_deletions += 1;
             continue;
         }
+        fresh(me)?;
         let (restored, removed, freed, rescue) =
             carry_out(repo, &del_id, &del, &used, &packs, &indexed, &on_store)?;
         if let Some((id, file)) = rescue {
@@ -380,6 +401,7 @@ fn run(
     // 6. Repack, then one consolidated index in place of all the files read. Rewriting
     // the index makes every client rebuild its cache, so it happens only when packs go
     // or small index files (a backup writes at least one) have piled up.
+    fresh(me)?;
     let (new_files, uploaded) = repack(repo, &packs, &plan)?;
     report.repack_upload_bytes = uploaded;
     let gone: HashSet<PackId> = plan.delete.iter().chain(&plan.repack).copied().collect();
@@ -408,6 +430,7 @@ fn run(
         );
     }
     let mut replaced: Vec<Id> = provisional.iter().map(|(id, _)| *id).collect();
+    fresh(me)?;
     if !gone.is_empty() {
         replaced.push(write_deletion(
             repo,
@@ -528,6 +551,7 @@ fn mark_and_remove(
         .map(|o| o.op)
         .collect();
     let del = Deletion::new(wait_for.clone(), marked);
+    fresh(me)?;
     let del_id = write_deletion(repo, &del)?;
     delete_all(repo, replaced.iter().map(names::deletion).collect())?;
     if wait_for.is_empty() {

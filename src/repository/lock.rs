@@ -48,6 +48,38 @@ struct Written {
     objects: Vec<LockId>,
     /// When a lock object was last written successfully.
     last_ok: Instant,
+    /// The longest time between two successful writes so far. A process stopped (SIGSTOP,
+    /// a paused container) refreshes at once when it resumes, so the time since the last
+    /// write alone would not show that others saw its lock go stale meanwhile.
+    longest_gap: Duration,
+}
+
+/// Whether an operation's lock has stayed fresh the whole time, for the parts of it
+/// that hold no [`Announcement`] (a backup's index writes).
+#[derive(Clone)]
+pub struct Freshness(Arc<Mutex<Written>>);
+
+impl Freshness {
+    /// Fail when the lock went unrefreshed for longer than `max`, now or at any time
+    /// before: others may have taken the operation for dead (a prune would no longer
+    /// wait for it, and may have removed what it wrote).
+    pub fn check(&self, max: Duration, location: &str) -> Result<()> {
+        let (gap, now) = {
+            let w = self.0.lock().expect("lock objects");
+            (w.longest_gap, w.last_ok.elapsed())
+        };
+        let worst = gap.max(now);
+        if worst > max {
+            return Err(Error::Locked(format!(
+                "this operation's lock in {location} went unrefreshed for {}s (the process \
+                 was stopped, or the store unreachable); a prune may have taken it for dead, \
+                 so it stops here without writing its result. Run it again (a backup reuses \
+                 what is still there)",
+                worst.as_secs()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A held announcement. End it with [`Announcement::finish`] (leave a finished marker)
@@ -75,6 +107,7 @@ impl Repository {
         let written = Arc::new(Mutex::new(Written {
             objects: vec![first],
             last_ok: Instant::now(),
+            longest_gap: Duration::ZERO,
         }));
         let (backend, key, mut fresh, w) = (
             self.backend().clone(),
@@ -90,6 +123,7 @@ impl Repository {
                     Ok(id) => {
                         let mut w = w.lock().expect("lock objects");
                         w.objects.push(id);
+                        w.longest_gap = w.longest_gap.max(w.last_ok.elapsed());
                         w.last_ok = Instant::now();
                     }
                     Err(e) => tracing::warn!("could not refresh the lock: {e}"),
@@ -162,20 +196,14 @@ impl Announcement {
         self.lock.op
     }
 
-    /// Fail when the lock could not be refreshed for `max`: others may by now take the
-    /// operation for dead (a prune would no longer wait for it).
+    /// Fail when the lock went unrefreshed for longer than `max`, at any time so far
+    /// ([`Freshness::check`]).
     pub fn check_fresh(&self, max: Duration) -> Result<()> {
-        let age = self.written.lock().expect("lock objects").last_ok.elapsed();
-        if age > max {
-            return Err(Error::Locked(format!(
-                "this operation could not refresh its lock in {} for {}s; a prune may have \
-                 taken it for dead, so it stops here without writing its result. Run it again \
-                 (a backup reuses what it uploaded)",
-                self.backend.location(),
-                age.as_secs()
-            )));
-        }
-        Ok(())
+        self.freshness().check(max, self.backend.location())
+    }
+
+    pub fn freshness(&self) -> Freshness {
+        Freshness(self.written.clone())
     }
 
     fn stop_refresh(&mut self) {
@@ -278,7 +306,8 @@ impl OpStatus {
 #[derive(Debug, Clone, Default)]
 pub struct Locks {
     pub ops: BTreeMap<Id, OpStatus>,
-    /// Lock objects that could not be read (reported, ignored, removed by `unlock`).
+    /// Lock objects that could not be read (damaged, or written by a newer version):
+    /// prune stops while there are any; `unlock` removes them.
     pub unreadable: Vec<String>,
     /// The time staleness was judged against.
     pub now: DateTime<Utc>,
@@ -344,6 +373,8 @@ async fn read_locks(
             match bytes.and_then(|b| format::open_object::<Lock>(key, aad::LOCK, &o.name, &b)) {
                 Ok(l) => l,
                 Err(Error::NotFound { .. }) => continue, // released since the listing
+                // Not knowing who runs is no reason to think nobody does.
+                Err(e @ Error::Backend { .. }) => return Err(e),
                 Err(e) => {
                     tracing::warn!("ignoring lock object {}: {e}", o.name);
                     out.unreadable.push(o.name);
@@ -408,5 +439,31 @@ fn process_alive(pid: u32) -> bool {
         Err(nix::errno::Errno::ESRCH) => false,
         // EPERM: it exists, owned by someone else.
         Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lock refreshed again after a long stop (the process was stopped, then resumed
+    /// and refreshed at once) still counts as having gone stale.
+    #[test]
+    fn a_gap_in_the_past_still_fails_the_freshness_check() {
+        // `None` where the machine has been up for less than `since_min`.
+        let written = |gap_min: u64, since_min: u64| {
+            let last_ok = Instant::now().checked_sub(Duration::from_secs(since_min * 60))?;
+            Some(Freshness(Arc::new(Mutex::new(Written {
+                objects: Vec::new(),
+                last_ok,
+                longest_gap: Duration::from_secs(gap_min * 60),
+            }))))
+        };
+        let max = STALE_AFTER - REFRESH;
+        assert!(written(5, 0).unwrap().check(max, "here").is_ok());
+        assert!(written(31, 0).unwrap().check(max, "here").is_err());
+        if let Some(f) = written(5, 26) {
+            assert!(f.check(max, "here").is_err());
+        }
     }
 }

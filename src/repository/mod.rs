@@ -28,7 +28,7 @@ use crate::id::{BlobId, IndexId, KeyId, PackId, SnapshotId};
 
 pub use index::{BlobLocation, IndexCache, SnapshotHead, SyncStats, read_deletion};
 pub use keys::KeyInfo;
-pub use lock::{Announcement, Locks, OpState, OpStatus, REFRESH, STALE_AFTER};
+pub use lock::{Announcement, Freshness, Locks, OpState, OpStatus, REFRESH, STALE_AFTER};
 pub use writer::{BlobWriter, WriteStats};
 
 /// Settings of this process (not of the repository).
@@ -506,6 +506,7 @@ impl Repository {
             sync: stats,
             tree_packs: Default::default(),
             announcement: Mutex::new(None),
+            freshness: None,
             resync: tokio::sync::Mutex::new(()),
         })
     }
@@ -515,7 +516,8 @@ impl Repository {
     /// have seen an index entry having announced itself before it read the index.
     pub fn into_indexed_announced(self, kind: format::LockKind) -> Result<IndexedRepository> {
         let announcement = self.announce(kind)?;
-        let repo = self.into_indexed()?;
+        let mut repo = self.into_indexed()?;
+        repo.freshness = Some(announcement.freshness());
         *repo.announcement.lock().expect("announcement") = Some(announcement);
         Ok(repo)
     }
@@ -552,6 +554,9 @@ pub struct IndexedRepository {
     sync: SyncStats,
     tree_packs: tree_cache::TreePackCache,
     announcement: Mutex<Option<Announcement>>,
+    /// The announcement's freshness, which outlives taking the announcement: the
+    /// writer checks it before each index file it writes.
+    freshness: Option<Freshness>,
     resync: tokio::sync::Mutex<()>,
 }
 

@@ -23,7 +23,7 @@ use std::io::{IoSlice, Write};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{IndexCache, IndexedRepository, save_index};
+use super::{Freshness, IndexCache, IndexedRepository, REFRESH, STALE_AFTER, save_index};
 use crate::backend::Backend;
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
@@ -94,6 +94,10 @@ struct Shared {
     /// more is added and `finish` fails (a backup then writes no snapshot).
     /// The first failure is kept; reading it is one atomic load, on every add.
     broken: std::sync::OnceLock<(String, String)>,
+    /// The lock of the operation writing, checked before each index file: an index
+    /// file naming packs a prune removed while this process was stopped would make
+    /// other backups deduplicate against blobs that are gone.
+    freshness: Option<Freshness>,
 }
 
 struct FinishedPack {
@@ -667,6 +671,7 @@ impl<'r> BlobWriter<'r> {
     pub(super) fn new(repo: &'r IndexedRepository, dry_run: bool, record_index: bool) -> Self {
         let shared = Arc::new(Shared {
             record_index,
+            freshness: repo.freshness.clone(),
             ..Default::default()
         });
         let (tx, rx) = mpsc::channel(1);
@@ -989,6 +994,9 @@ async fn flush(
 ) -> Result<()> {
     if batch.is_empty() {
         return Ok(());
+    }
+    if let Some(f) = &shared.freshness {
+        f.check(STALE_AFTER - REFRESH, backend.location())?;
     }
     let file = IndexFile::new(std::mem::take(batch));
     let id = save_index(backend, key, level, &file).await?;

@@ -383,8 +383,8 @@ pub enum CatCommand {
 #[derive(Debug, Args)]
 pub struct LockArgs {
     /// Ignore locks not refreshed for this long (running operations refresh every 5
-    /// minutes).
-    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    /// minutes; at least 30m).
+    #[arg(long, default_value = "30m", value_parser = stale_lock_timeout)]
     pub stale_lock_timeout: std::time::Duration,
     /// When another prune runs, wait up to this long for it instead of failing (exit 11).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
@@ -590,6 +590,23 @@ pub struct MountArgs {
     /// How old the list of snapshots may grow before it is read again.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, hide = true)]
     pub refresh: std::time::Duration,
+}
+
+/// A running backup stops before it writes an index file or its snapshot once its lock
+/// went 25 minutes unrefreshed; a prune that took it for dead sooner could remove what
+/// it still writes.
+fn stale_lock_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < cairn::repository::STALE_AFTER {
+        return Err(format!(
+            "{s} is too short: at least {}, because a running backup only stops when its \
+             own lock went {} unrefreshed, and a shorter timeout could remove data it still \
+             needs. To clear the lock of a process that is gone, use `cairn unlock`",
+            humantime::format_duration(cairn::repository::STALE_AFTER),
+            humantime::format_duration(cairn::repository::STALE_AFTER - cairn::repository::REFRESH)
+        ));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

@@ -472,13 +472,14 @@ pub fn unlock(g: &Global, a: UnlockArgs) -> Result<u8> {
     let mut names = locks.unreadable.clone();
     let mut left = Vec::new();
     for o in locks.ops.values() {
-        let remove = a.remove_all || o.is_done() || o.process_gone;
+        // A process id missing here is only a hint: a container with process ids of
+        // its own may share the host name, and its backup runs on.
+        let remove = a.remove_all || o.is_done();
         if remove {
             names.extend(o.objects.iter().cloned());
             if !g.quiet && o.state != OpState::Finished {
                 let why = match &o.state {
                     OpState::Stale(r) => r.clone(),
-                    _ if o.process_gone => format!("process {} on this host is gone", o.pid),
                     _ => "--remove-all".into(),
                 };
                 println!("removing lock of {} ({why})", o.describe());
@@ -503,6 +504,15 @@ pub fn unlock(g: &Global, a: UnlockArgs) -> Result<u8> {
                 o.describe(),
                 o.last_seen.format("%Y-%m-%d %H:%M:%S UTC")
             );
+            if o.process_gone {
+                println!(
+                    "  no process {} runs on this host; if no container shares the host \
+                     name, `cairn unlock --remove-all` removes it (else it goes stale in \
+                     {})",
+                    o.pid,
+                    humantime::format_duration(stale_lock_timeout)
+                );
+            }
         }
     }
     Ok(exit::OK)
