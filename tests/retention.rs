@@ -935,3 +935,26 @@ fn an_unreadable_lock_stops_prune_until_unlock_removes_it() {
     assert!(!bad.exists());
     run_ok(repo.cmd().arg("prune"));
 }
+
+/// `protect` replaces the snapshot object (new one written, old one removed), which a
+/// running prune must not see half done: it waits for the prune lock like a repair.
+#[test]
+fn protect_does_not_run_beside_a_prune() {
+    let repo = Repo::new();
+    let src = repo.tmp.path().join("src");
+    write_files(&src, &[("f", data(10_000, 1))]);
+    run_ok(repo.cmd().arg("backup").arg(&src));
+    let held = library_repo(&repo.path, &repo.tmp.path().join("c2"), None);
+    let lock = held.announce(cairn::format::LockKind::Prune).unwrap();
+    let out = repo.cmd().args(["protect", "latest"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(11));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is pruning"));
+    lock.release();
+    run_ok(repo.cmd().args(["protect", "latest"]));
+    let out = run_ok(repo.cmd().args(["snapshots", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["snapshot"]["protected"], true, "{v}");
+    run_ok(repo.cmd().args(["unprotect", "latest"]));
+    // The protect and unprotect locks are released: a prune runs at once.
+    run_ok(repo.cmd().arg("prune"));
+}

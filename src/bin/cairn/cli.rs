@@ -491,6 +491,8 @@ pub struct ProtectArgs {
     /// Snapshots (ids, unique prefixes, or `latest`).
     #[arg(required = true)]
     pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub lock: LockArgs,
 }
 
 #[derive(Debug, Args)]

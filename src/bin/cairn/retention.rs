@@ -432,6 +432,16 @@ fn print_prune(g: &Global, r: &PruneReport) -> Result<()> {
 
 pub fn protect(g: &Global, a: ProtectArgs, on: bool) -> Result<u8> {
     let repo = open(g)?;
+    // Replacing a snapshot writes the new object and removes the old one: a prune that
+    // listed snapshots before and reads them after would see neither, and remove the
+    // snapshot's data. So it takes the prune lock, as repairs do.
+    let (lock, _) = repo.lock_exclusive(a.lock.stale_lock_timeout, a.lock.retry_lock)?;
+    let result = protect_each(g, &repo, &a, on);
+    lock.release();
+    result
+}
+
+fn protect_each(g: &Global, repo: &Repository, a: &ProtectArgs, on: bool) -> Result<u8> {
     for spec in &a.snapshots {
         let (id, mut s) = repo.find_snapshot(spec)?;
         if s.protected == on {
