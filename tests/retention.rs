@@ -958,3 +958,24 @@ fn protect_does_not_run_beside_a_prune() {
     // The protect and unprotect locks are released: a prune runs at once.
     run_ok(repo.cmd().arg("prune"));
 }
+
+/// `--keep-tag ""` (an unset variable in a cron line) is refused: it would keep nothing.
+#[test]
+fn an_empty_keep_tag_is_refused() {
+    let repo = Repo::new();
+    let src = repo.tmp.path().join("src");
+    write_files(&src, &[("f", data(1_000, 1))]);
+    run_ok(repo.cmd().arg("backup").arg(&src));
+    for tag in ["", "nightly,"] {
+        let out = repo
+            .cmd()
+            .args(["forget", "--dry-run", "--keep-tag", tag])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{tag:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("empty tag"));
+    }
+    let out = run_ok(repo.cmd().args(["snapshots", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+}

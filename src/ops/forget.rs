@@ -89,6 +89,10 @@ pub struct KeepPolicy {
     pub within_periods: BTreeMap<Period, Duration>,
     /// Keep snapshots that carry every tag of any one of these sets.
     pub tags: Vec<Vec<String>>,
+    /// Window rules count back from the newest snapshot, but from no later than this (a
+    /// snapshot dated in the future by a clock that ran ahead must not move the
+    /// windows past the real snapshots).
+    pub now: Option<DateTime<Utc>>,
 }
 
 impl KeepPolicy {
@@ -173,7 +177,10 @@ where
     let Some(&newest) = order.first() else {
         return Vec::new();
     };
-    let reference = group[newest].time;
+    let reference = match policy.now {
+        Some(now) => group[newest].time.min(now),
+        None => group[newest].time,
+    };
 
     // Counted rules: complete snapshots first, then incomplete ones with what is left.
     let mut last_left = policy.last;

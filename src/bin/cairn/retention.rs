@@ -19,15 +19,21 @@ use crate::cli::{
 use crate::commands::{local_time, open, print_json};
 use crate::exit;
 
-fn policy(a: &ForgetArgs) -> KeepPolicy {
+fn policy(a: &ForgetArgs) -> Result<KeepPolicy> {
+    let mut tags = Vec::new();
+    for t in &a.keep_tag {
+        let set: Vec<String> = t.split(',').map(|s| s.trim().to_string()).collect();
+        // An empty tag (`--keep-tag "$UNSET"`) would keep nothing and remove everything.
+        if set.iter().any(String::is_empty) {
+            bail!("--keep-tag {t:?} holds an empty tag; give tags like nightly or nexus,db");
+        }
+        tags.push(set);
+    }
     let mut p = KeepPolicy {
         last: a.keep_last,
         within: a.keep_within,
-        tags: a
-            .keep_tag
-            .iter()
-            .map(|t| t.split(',').map(|s| s.trim().to_string()).collect())
-            .collect(),
+        tags,
+        now: Some(chrono::Utc::now()),
         ..Default::default()
     };
     for (period, n) in [
@@ -52,7 +58,7 @@ fn policy(a: &ForgetArgs) -> KeepPolicy {
             p.within_periods.insert(period, d);
         }
     }
-    p
+    Ok(p)
 }
 
 /// Does a snapshot pass the --host/--tag/--path filters?
@@ -111,7 +117,7 @@ pub fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
 
 /// Forget, and prune when asked: (snapshots removed, the prune's report).
 fn forget_run(g: &Global, a: &ForgetArgs) -> Result<(usize, Option<PruneReport>)> {
-    let policy = policy(a);
+    let policy = policy(a)?;
     if !a.snapshots.is_empty() && !policy.is_empty() {
         bail!("give snapshot ids or a keep policy, not both");
     }
@@ -160,7 +166,18 @@ fn forget_run(g: &Global, a: &ForgetArgs) -> Result<(usize, Option<PruneReport>)
             Vec<Decision>,
             BTreeMap<SnapshotId, Snapshot>,
         )> = Vec::new();
+        let soon = chrono::Utc::now() + chrono::Duration::minutes(1);
         for (key, members) in groups {
+            for (id, s) in members.iter() {
+                if s.time.to_datetime().is_some_and(|t| t > soon) {
+                    tracing::warn!(
+                        "snapshot {} is dated {}, in the future (a clock running ahead?); \
+                         --keep-within windows count back from now",
+                        id.short(),
+                        local_time(s.time)
+                    );
+                }
+            }
             let cands: Vec<Candidate> = members
                 .iter()
                 .map(|(id, s)| Candidate::of(*id, s))

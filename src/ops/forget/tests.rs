@@ -138,6 +138,25 @@ fn keep_within_keeps_the_window_and_covers_its_start() {
     assert!(d[48].reasons[0].starts_with("coverage"), "{:?}", d[48]);
 }
 
+/// A snapshot dated in the future (its host's clock ran ahead) does not move the window
+/// past the real ones: the window counts back from now at the latest.
+#[test]
+fn keep_within_counts_back_from_now_not_from_a_future_snapshot() {
+    let mut y = hourly(at(2025, 12, 1, 0), 10 * 24);
+    y.push(cand(9999, at(2026, 11, 1, 3)));
+    let now = at(2025, 12, 11, 0);
+    let p = policy(|k| {
+        k.within = Some(Duration::from_secs(2 * 86400));
+        k.now = Some(now);
+    });
+    let k = kept(&y, &p, &Utc);
+    // The future one (a window ending before it still holds it), the 47 snapshots less
+    // than 2 days before now, and the one exactly 2 days before now (coverage); counted
+    // back from the future one, only it and one coverage snapshot would be kept.
+    assert_eq!(k.len(), 49, "{k:?}");
+    assert!(k.contains(&at(2025, 12, 9, 0)) && k.contains(&at(2025, 12, 10, 23)));
+}
+
 #[test]
 fn keep_within_daily() {
     let y = year_2025();
