@@ -94,3 +94,51 @@ fn copy_to_s3_and_back_restores_identical_and_resumes() {
     let out = third.restore_latest(&src);
     assert_same_tree(&src, &out);
 }
+
+/// A source snapshot that cannot be read does not stop the others from being copied:
+/// it is named and the copy exits 1. A snapshot replaced by `protect` is not copied
+/// again.
+#[test]
+fn a_damaged_snapshot_is_named_and_the_others_are_copied() {
+    let src_repo = Repo::new();
+    let a = src_repo.tmp.path().join("a");
+    let b = src_repo.tmp.path().join("b");
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::write(a.join("fa"), data(300_000, 1)).unwrap();
+    std::fs::write(b.join("fb"), data(300_000, 2)).unwrap();
+    run_ok(src_repo.cmd().arg("backup").arg(&a));
+    let before = src_repo.packs();
+    run_ok(src_repo.cmd().arg("backup").arg(&b));
+    for p in src_repo.packs() {
+        if !before.contains(&p) {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let target = Repo::new();
+    let copy = || {
+        src_repo
+            .cmd()
+            .env("CAIRN_TO_PASSWORD", PASSWORD)
+            .args(["copy", "--json", "--to"])
+            .arg(&target.path)
+            .output()
+            .unwrap()
+    };
+    let out = copy();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not be copied"), "{err}");
+    let r = json(&out);
+    assert_eq!(r["copied"].as_array().unwrap().len(), 1, "{r:#}");
+    assert_eq!(r["failed"].as_array().unwrap().len(), 1, "{r:#}");
+    assert_same_tree(&a, &target.restore_latest(&a));
+
+    let copied_from = r["copied"][0][0].as_str().unwrap().to_string();
+    run_ok(src_repo.cmd().args(["protect", &copied_from]));
+    let r = json(&copy());
+    assert!(r["copied"].as_array().unwrap().is_empty(), "{r:#}");
+    assert_eq!(r["skipped"].as_array().unwrap().len(), 1, "{r:#}");
+    let snaps = json(&run_ok(target.cmd().args(["snapshots", "--json"])));
+    assert_eq!(snaps.as_array().unwrap().len(), 1);
+}

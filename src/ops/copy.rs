@@ -21,8 +21,12 @@ use std::collections::{HashMap, HashSet};
 pub struct CopyReport {
     /// (source id, new id in the target)
     pub copied: Vec<(SnapshotId, SnapshotId)>,
-    /// Source snapshots the target already had a copy of.
+    /// Source snapshots the target already had a copy of (of them, or of the snapshot
+    /// they replace: a `protect` or a repair writes a new object).
     pub skipped: Vec<SnapshotId>,
+    /// Source snapshots that could not be read whole, with why: not copied; the others
+    /// are.
+    pub failed: Vec<(SnapshotId, String)>,
     pub bytes_read: u64,
     pub bytes_added: u64,
     pub blobs_added: u64,
@@ -82,6 +86,11 @@ impl Copier<'_> {
     }
 }
 
+/// Has the target's writer stopped (a failed upload)? Then every snapshot would fail.
+fn writer_broken(c: &Copier) -> bool {
+    c.w.broken().is_some()
+}
+
 /// Copy `snapshots` of `src` into `dst` (opened with
 /// `into_indexed_announced(LockKind::Backup)`: a copy writes like a backup).
 pub fn copy(
@@ -100,8 +109,9 @@ pub fn copy(
     let mut report = CopyReport::default();
     let todo: Vec<&(SnapshotId, Snapshot)> = snapshots
         .iter()
-        .filter(|(id, _)| {
-            let done = have.contains(&id.to_string());
+        .filter(|(id, s)| {
+            let done = have.contains(&id.to_string())
+                || s.original.is_some_and(|o| have.contains(&o.to_string()));
             if done {
                 report.skipped.push(*id);
             }
@@ -118,7 +128,17 @@ pub fn copy(
     };
     let mut roots = Vec::new();
     let walked = todo.iter().try_for_each(|(id, s)| {
-        roots.push((*id, s, c.tree(&s.tree)?));
+        match c.tree(&s.tree) {
+            Ok(root) => roots.push((*id, s, root)),
+            // The target failing stops the copy; a damaged source snapshot is named and
+            // the others are copied.
+            Err(e @ Error::Backend { .. }) => return Err(e),
+            Err(e) if writer_broken(&c) => return Err(e),
+            Err(e) => {
+                tracing::warn!("snapshot {} not copied: {e}", id.short());
+                report.failed.push((*id, e.to_string()));
+            }
+        }
         Ok::<_, Error>(())
     });
     report.bytes_read = c.bytes_read;

@@ -827,7 +827,7 @@ impl<'r> BlobWriter<'r> {
     }
 
     /// The failure of a packer, when one failed.
-    fn broken(&self) -> Option<Error> {
+    pub(crate) fn broken(&self) -> Option<Error> {
         self.shared
             .broken
             .get()

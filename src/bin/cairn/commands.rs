@@ -170,6 +170,14 @@ fn copy_cmd(g: &Global, a: crate::cli::CopyArgs) -> Result<u8> {
             a.to
         );
     }
+    if let Some((id, why)) = report.failed.first() {
+        bail!(
+            "{} snapshot(s) could not be copied, the first {}: {why}. The others were \
+             copied; run `cairn check` on the source",
+            report.failed.len(),
+            id.short()
+        );
+    }
     Ok(exit::OK)
 }
 
