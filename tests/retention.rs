@@ -320,10 +320,8 @@ fn prune_with_max_unused_0_leaves_about_what_a_fresh_backup_stores() {
         assert!(prom.lines().any(|l| l == line), "no `{line}` in\n{prom}");
     }
     assert!(prom.contains("cairn_prune_bytes_freed"));
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut docs = serde_json::Deserializer::from_str(&text).into_iter::<serde_json::Value>();
-    docs.next().unwrap().unwrap();
-    let report = docs.next().unwrap().unwrap();
+    let both: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = &both["prune"];
     assert!(
         !report["repack_packs"].as_array().unwrap().is_empty(),
         "{report:#}"
@@ -978,4 +976,26 @@ fn an_empty_keep_tag_is_refused() {
     let out = run_ok(repo.cmd().args(["snapshots", "--json"]));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1);
+}
+
+/// `forget --prune --json` prints one JSON document: the decisions and the prune's report.
+#[test]
+fn forget_with_prune_prints_one_json_document() {
+    let repo = Repo::new();
+    let src = repo.tmp.path().join("src");
+    write_files(&src, &[("f", data(100_000, 1))]);
+    run_ok(repo.cmd().arg("backup").arg(&src));
+    write_files(&src, &[("f", data(100_000, 2))]);
+    run_ok(repo.cmd().arg("backup").arg(&src));
+    let out = run_ok(
+        repo.cmd()
+            .args(["forget", "--json", "--keep-last", "1", "--prune"]),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["forget"][0]["remove"].as_array().unwrap().len(),
+        1,
+        "{v:#}"
+    );
+    assert!(v["prune"]["packs_removed"].as_u64().unwrap() > 0, "{v:#}");
 }

@@ -260,14 +260,15 @@ fn run(
     }
     let missing: Vec<_> = packs.keys().filter(|p| !on_store.contains_key(p)).collect();
     if let Some(p) = missing.first() {
-        return Err(Error::NotFound {
-            what: format!(
-                "{} (and {} more packs the index names); prune stops. Run `cairn check` to see \
-                 what is damaged",
-                names::pack(p),
+        return Err(Error::integrity(
+            names::pack(p),
+            format!(
+                "the index names it (and {} more packs) but it is not in the repository; \
+                 prune stops. Run `cairn check` to see what is damaged, then `cairn repair \
+                 snapshots`",
                 missing.len() - 1
             ),
-        });
+        ));
     }
     if let Some((p, s)) = packs.iter().find(|(p, s)| on_store[p] != s.size) {
         return Err(Error::integrity(
@@ -356,13 +357,15 @@ fn run(
     let missing_blobs = used.iter().filter(missing).count();
     if missing_blobs > 0 {
         let (ty, id) = used.iter().find(missing).expect("counted");
-        return Err(Error::NotFound {
-            what: format!(
-                "{ty} blob {id} (and {} more blobs that snapshots use) in the index; prune stops. \
-                 Run `cairn check`, then `cairn repair index`",
+        return Err(Error::integrity(
+            format!("{ty} blob {id}"),
+            format!(
+                "snapshots use it (and {} more blobs) but no index names it; prune stops. Run \
+                 `cairn check`: `cairn repair index` finds blobs in packs the index lost, \
+                 `cairn repair snapshots` leaves out what is gone",
                 missing_blobs - 1
             ),
-        });
+        ));
     }
     let plan = plan(&packs, &used, opts, &mut report);
     // Repacking reads only the kept blobs (and short gaps between them).

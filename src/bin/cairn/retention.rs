@@ -132,6 +132,8 @@ fn forget_run(g: &Global, a: &ForgetArgs) -> Result<(usize, Option<PruneReport>)
     let repo = open(g)?;
 
     let mut remove: Vec<SnapshotId> = Vec::new();
+    // With --json, one document: the forget decisions, and the prune's report with them.
+    let mut forget_json = serde_json::Value::Null;
     if !a.snapshots.is_empty() {
         for spec in &a.snapshots {
             let (id, s) = repo.find_snapshot(spec)?;
@@ -216,7 +218,7 @@ fn forget_run(g: &Global, a: &ForgetArgs) -> Result<(usize, Option<PruneReport>)
             });
         }
         if g.json {
-            print_json(&out)?;
+            forget_json = serde_json::to_value(&out)?;
         } else if !g.quiet {
             for grp in &out {
                 println!(
@@ -257,8 +259,15 @@ fn forget_run(g: &Global, a: &ForgetArgs) -> Result<(usize, Option<PruneReport>)
     let removed = if a.dry_run { 0 } else { remove.len() };
     if a.prune {
         let report = prune::prune(repo, &prune_opts)?;
-        print_prune(g, &report)?;
+        if g.json {
+            print_json(&serde_json::json!({"forget": forget_json, "prune": report}))?;
+        } else {
+            print_prune(g, &report)?;
+        }
         return Ok((removed, Some(report)));
+    }
+    if g.json && !forget_json.is_null() {
+        print_json(&forget_json)?;
     }
     Ok((removed, None))
 }
