@@ -999,3 +999,25 @@ fn forget_with_prune_prints_one_json_document() {
     );
     assert!(v["prune"]["packs_removed"].as_u64().unwrap() > 0, "{v:#}");
 }
+
+/// Prune removes the temporary packs a killed backup left in a local repository's
+/// `tmp/` once they are older than the stale timeout, and leaves younger ones.
+#[test]
+fn prune_removes_temporary_packs_killed_backups_left() {
+    let repo = Repo::new();
+    let tmp = repo.path.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let (old, young) = (tmp.join("pack-killed"), tmp.join("pack-running"));
+    std::fs::write(&old, data(10_000, 1)).unwrap();
+    std::fs::write(&young, data(10_000, 2)).unwrap();
+    let hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        - 3600;
+    crate::common::set_times(&old, hour_ago, 0);
+    let out = run_ok(repo.cmd().args(["prune", "--json"]));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["tmp_files_removed"], 1, "{r:#}");
+    assert!(!old.exists() && young.exists());
+}

@@ -130,6 +130,8 @@ pub struct PruneReport {
     /// Stale locks seen (ignored), by description.
     pub stale_locks: Vec<String>,
     pub lock_objects_removed: usize,
+    /// Temporary packs a killed backup left in a local repository's `tmp/`, removed.
+    pub tmp_files_removed: usize,
     pub duration_ms: u64,
 }
 
@@ -144,6 +146,7 @@ pub fn prune(repo: Repository, opts: &PruneOptions) -> Result<PruneReport> {
         let mut r = run(&repo, snaps, opts, &me, &locks)?;
         if !opts.dry_run {
             r.lock_objects_removed = clean_locks(&repo, opts, &me);
+            r.tmp_files_removed = clean_staging(&repo, opts);
         }
         r.duration_ms = started.elapsed().as_millis() as u64;
         Ok(r)
@@ -157,6 +160,33 @@ pub fn prune(repo: Repository, opts: &PruneOptions) -> Result<PruneReport> {
 /// unreachable): two prunes at once could each remove what the other keeps.
 fn fresh(me: &Announcement) -> Result<()> {
     me.check_fresh(STALE_AFTER - REFRESH)
+}
+
+/// Remove what killed backups left in a local repository's `tmp/`: packs not written to
+/// for longer than the stale timeout (a running backup fills a pack in seconds, and one
+/// stopped that long may no longer publish anything).
+fn clean_staging(repo: &Repository, opts: &PruneOptions) -> usize {
+    let Some(dir) = repo.backend().staging_dir() else {
+        return 0;
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > opts.stale_after));
+        let ours = e.file_name().as_encoded_bytes().starts_with(b"pack-");
+        if ours && old {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => removed += 1,
+                Err(err) => tracing::warn!("{}: cannot remove: {err}", e.path().display()),
+            }
+        }
+    }
+    removed
 }
 
 /// Remove the lock objects of operations that ended or went stale.

@@ -432,7 +432,7 @@ fn print_prune(g: &Global, r: &PruneReport) -> Result<()> {
     );
     if !r.dry_run {
         println!(
-            "removed {} packs, freed {}{}{}",
+            "removed {} packs, freed {}{}{}{}",
             r.packs_removed,
             human_bytes(r.bytes_freed),
             if r.packs_restored > 0 {
@@ -442,6 +442,14 @@ fn print_prune(g: &Global, r: &PruneReport) -> Result<()> {
             },
             if r.lock_objects_removed > 0 {
                 format!(", removed {} old lock objects", r.lock_objects_removed)
+            } else {
+                String::new()
+            },
+            if r.tmp_files_removed > 0 {
+                format!(
+                    ", removed {} temporary packs of killed backups",
+                    r.tmp_files_removed
+                )
             } else {
                 String::new()
             }
