@@ -709,11 +709,7 @@ fn one_file_system_backs_up_a_mount_point_given_as_a_source() {
         .env("CAIRN", env!("CARGO_BIN_EXE_cairn"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::common::succeeded(out);
     let restored = repo.restore_latest(&src);
     assert_eq!(
         std::fs::read(restored.join("mnt/important")).unwrap(),

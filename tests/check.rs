@@ -265,13 +265,7 @@ fn restore_from_a_truncated_pack_loses_only_the_files_check_names() {
         .map(|(_, p)| p)
         .collect();
     let target = f.repo.tmp.path().join("restored");
-    let out = f
-        .repo
-        .cmd()
-        .args(["restore", &f.snaps[1], "--target"])
-        .arg(&target)
-        .output()
-        .unwrap();
+    let out = f.repo.restore_output(&f.snaps[1], &target);
     assert_eq!(out.status.code(), Some(1));
     let mut lost = BTreeSet::new();
     let mut intact = 0;

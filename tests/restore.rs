@@ -403,12 +403,7 @@ fn a_file_that_failed_is_written_again_by_a_rerun() {
         std::fs::rename(p, aside.join(p.file_name().unwrap())).unwrap();
     }
     let target = repo.tmp.path().join("t");
-    let out = repo
-        .cmd()
-        .args(["restore", "latest", "--target"])
-        .arg(&target)
-        .output()
-        .unwrap();
+    let out = repo.restore_output("latest", &target);
     assert_eq!(
         out.status.code(),
         Some(1),

@@ -21,6 +21,15 @@ fn write_files(dir: &Path, files: &[(&str, Vec<u8>)]) {
     }
 }
 
+/// A repository with one backup of `files`, and the directory they are in.
+fn backed_up(files: &[(&str, Vec<u8>)]) -> (Repo, PathBuf) {
+    let repo = Repo::new();
+    let src = repo.tmp.path().join("src");
+    write_files(&src, files);
+    run_ok(repo.cmd().arg("backup").arg(&src));
+    (repo, src)
+}
+
 /// Back up `src` as at `time`. On one worker thread: the tests here count which packs a
 /// prune deletes and which it repacks, and threads filling data packs side by side
 /// would make that layout a matter of timing (a backup's shared and own blobs could land
@@ -378,10 +387,7 @@ fn library_repo(path: &Path, cache: &Path, backend: Option<Arc<dyn Backend>>) ->
 
 #[test]
 fn a_second_prune_waits_for_the_first_or_gives_up_with_exit_11() {
-    let repo = Repo::new();
-    let src = repo.tmp.path().join("src");
-    write_files(&src, &[("f", data(10_000, 1))]);
-    run_ok(repo.cmd().arg("backup").arg(&src));
+    let (repo, _) = backed_up(&[("f", data(10_000, 1))]);
     // A prune holds the lock (this test process), and then dies without a word.
     let held = library_repo(&repo.path, &repo.tmp.path().join("c2"), None);
     let lock = held.announce(cairn::format::LockKind::Prune).unwrap();
@@ -915,10 +921,7 @@ fn unlock_leaves_running_operations_unless_told_to_remove_all() {
 /// only warns) until `unlock` removes it.
 #[test]
 fn an_unreadable_lock_stops_prune_until_unlock_removes_it() {
-    let repo = Repo::new();
-    let src = repo.tmp.path().join("src");
-    write_files(&src, &[("a", data(300_000, 1))]);
-    run_ok(repo.cmd().arg("backup").arg(&src));
+    let (repo, _) = backed_up(&[("a", data(300_000, 1))]);
     let bad = repo.path.join("locks").join("ab".repeat(32));
     std::fs::write(&bad, b"cut short by a full disk").unwrap();
     let out = repo.cmd().arg("prune").output().unwrap();
@@ -938,10 +941,7 @@ fn an_unreadable_lock_stops_prune_until_unlock_removes_it() {
 /// running prune must not see half done: it waits for the prune lock like a repair.
 #[test]
 fn protect_does_not_run_beside_a_prune() {
-    let repo = Repo::new();
-    let src = repo.tmp.path().join("src");
-    write_files(&src, &[("f", data(10_000, 1))]);
-    run_ok(repo.cmd().arg("backup").arg(&src));
+    let (repo, _) = backed_up(&[("f", data(10_000, 1))]);
     let held = library_repo(&repo.path, &repo.tmp.path().join("c2"), None);
     let lock = held.announce(cairn::format::LockKind::Prune).unwrap();
     let out = repo.cmd().args(["protect", "latest"]).output().unwrap();
@@ -960,10 +960,7 @@ fn protect_does_not_run_beside_a_prune() {
 /// `--keep-tag ""` (an unset variable in a cron line) is refused: it would keep nothing.
 #[test]
 fn an_empty_keep_tag_is_refused() {
-    let repo = Repo::new();
-    let src = repo.tmp.path().join("src");
-    write_files(&src, &[("f", data(1_000, 1))]);
-    run_ok(repo.cmd().arg("backup").arg(&src));
+    let (repo, _) = backed_up(&[("f", data(1_000, 1))]);
     for tag in ["", "nightly,"] {
         let out = repo
             .cmd()
@@ -981,10 +978,7 @@ fn an_empty_keep_tag_is_refused() {
 /// `forget --prune --json` prints one JSON document: the decisions and the prune's report.
 #[test]
 fn forget_with_prune_prints_one_json_document() {
-    let repo = Repo::new();
-    let src = repo.tmp.path().join("src");
-    write_files(&src, &[("f", data(100_000, 1))]);
-    run_ok(repo.cmd().arg("backup").arg(&src));
+    let (repo, src) = backed_up(&[("f", data(100_000, 1))]);
     write_files(&src, &[("f", data(100_000, 2))]);
     run_ok(repo.cmd().arg("backup").arg(&src));
     let out = run_ok(

@@ -71,6 +71,15 @@ impl Repo {
         c
     }
 
+    /// Run `restore SNAPSHOT --target TARGET`, whatever its outcome.
+    pub fn restore_output(&self, snapshot: &str, target: &Path) -> std::process::Output {
+        self.cmd()
+            .args(["restore", snapshot, "--target"])
+            .arg(target)
+            .output()
+            .unwrap()
+    }
+
     /// Restore `latest` into a fresh directory; returns where `src` landed in it.
     pub fn restore_latest(&self, src: &Path) -> PathBuf {
         let target = tempfile::tempdir_in(self.tmp.path()).unwrap().keep();
