@@ -680,6 +680,32 @@ fn a_symlink_source_with_a_trailing_slash_is_followed() {
     assert_eq!(std::fs::read(restored.join("f")).unwrap(), b"content");
 }
 
+/// A source inside another that the walk cannot reach (here behind a symlink inside the
+/// outer source) is named, and the snapshot is incomplete (exit 3).
+#[test]
+fn a_source_the_outer_walk_cannot_reach_is_named() {
+    let repo = Repo::new();
+    let src = repo.tmp.path().join("s");
+    let real = repo.tmp.path().join("real");
+    std::fs::create_dir_all(real.join("db")).unwrap();
+    std::fs::write(real.join("db/f"), b"data").unwrap();
+    std::fs::create_dir_all(&src).unwrap();
+    std::os::unix::fs::symlink(&real, src.join("data")).unwrap();
+    let out = repo
+        .cmd()
+        .arg("backup")
+        .arg(&src)
+        .arg(src.join("data/db"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("data/db") && err.contains("not reached"),
+        "{err}"
+    );
+}
+
 /// `backup -x SRC SRC/mnt`: a mount point given as a source is walked on its own file
 /// system (needs root and a mount namespace; skipped without).
 #[test]

@@ -1,7 +1,7 @@
 //! Restore and browse: partial restores, resume with --verify, --delete, --sparse, dump,
 //! diff, find, stats.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::common::{Repo, assert_same_tree, data};
@@ -367,11 +367,34 @@ fn restore_over_an_existing_target_stays_inside_it() {
     );
     assert_eq!(std::fs::metadata(&outside).unwrap().mode(), before);
 
-    // --delete with --exclude: the excluded directory is neither restored nor removed.
+    // A complete file with a name outside too keeps that name's metadata: it is
+    // replaced, not chmod-ed through the link.
+    let alias = outside.join("alias");
+    std::fs::hard_link(inner.join("logs/a.log"), &alias).unwrap();
+    std::fs::set_permissions(&alias, std::fs::Permissions::from_mode(0o600)).unwrap();
+    restore_json(&repo, &["latest"], &target);
+    assert_eq!(std::fs::metadata(&alias).unwrap().mode() & 0o7777, 0o600);
+    assert_same_tree(&src, &inner);
+
+    // --delete with --exclude: what the patterns name is neither restored nor removed,
+    // also where the snapshot does not have it.
     std::fs::write(inner.join("etcd/local-only"), b"not in the snapshot").unwrap();
     std::fs::write(inner.join("logs/stray"), b"not in the snapshot").unwrap();
-    let r = restore_json(&repo, &["latest", "--delete", "--exclude", "etcd"], &target);
+    std::fs::write(inner.join("logs/x.keep"), b"not in the snapshot").unwrap();
+    let r = restore_json(
+        &repo,
+        &[
+            "latest",
+            "--delete",
+            "--exclude",
+            "etcd",
+            "--exclude",
+            "*.keep",
+        ],
+        &target,
+    );
     assert!(inner.join("etcd/local-only").exists() && inner.join("etcd/member.db").exists());
+    assert!(inner.join("logs/x.keep").exists());
     assert!(!inner.join("logs/stray").exists());
     assert_eq!(r["deleted"], 1, "{r}");
 }

@@ -1010,6 +1010,14 @@ fn prune_removes_temporary_packs_killed_backups_left() {
         .as_secs() as i64
         - 3600;
     crate::common::set_times(&old, hour_ago, 0);
+    // Not while a backup runs: a live one may leave a pack untouched that long.
+    let other = library_repo(&repo.path, &repo.tmp.path().join("c2"), None);
+    let running = other.announce(cairn::format::LockKind::Backup).unwrap();
+    let out = run_ok(repo.cmd().args(["prune", "--json"]));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["tmp_files_removed"], 0, "{r:#}");
+    assert!(old.exists());
+    running.finish();
     let out = run_ok(repo.cmd().args(["prune", "--json"]));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["tmp_files_removed"], 1, "{r:#}");

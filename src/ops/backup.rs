@@ -249,7 +249,8 @@ fn run(
             super::command::backup_command(&ctx, &name, &argv).map(|(t, p, i)| (t, p, Some(i)))
         }
     });
-    let problems = ctx.problems.into_inner().expect("problems");
+    let mut problems = ctx.problems.into_inner().expect("problems");
+    let nested = ctx.nested;
     let ctx_checked = ctx.stream_checked.into_inner().expect("stream check");
     let total_bytes = ctx.total_bytes.into_inner();
     // Index what was uploaded even when the walk failed, so a rerun reuses it.
@@ -260,6 +261,27 @@ fn run(
         (w, _) => w?,
     };
     let stats = finished?;
+    // A source inside another that the walk of the outer one never reached (a mount
+    // point above it with -x, a symlink on the way) is not in the snapshot: say so.
+    if !opts.dry_run {
+        for n in &nested {
+            match super::walk::find_node(repo, &tree, n) {
+                Ok(_) => {}
+                Err(Error::NotFound { .. }) => {
+                    let p = Problem {
+                        path: n.clone(),
+                        message: "given as a path to back up, but not reached from the path \
+                                  it is inside (a mount point above it with -x, or a symlink \
+                                  on the way); give it on its own, not inside another path"
+                            .into(),
+                    };
+                    tracing::warn!("{p}");
+                    problems.push(p);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
     let verified = match before {
         None => None,
         Some(before) => Some(verify_new(repo, before)?),

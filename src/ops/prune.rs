@@ -146,7 +146,7 @@ pub fn prune(repo: Repository, opts: &PruneOptions) -> Result<PruneReport> {
         let mut r = run(&repo, snaps, opts, &me, &locks)?;
         if !opts.dry_run {
             r.lock_objects_removed = clean_locks(&repo, opts, &me);
-            r.tmp_files_removed = clean_staging(&repo, opts);
+            r.tmp_files_removed = clean_staging(&repo, opts, &me);
         }
         r.duration_ms = started.elapsed().as_millis() as u64;
         Ok(r)
@@ -163,12 +163,16 @@ fn fresh(me: &Announcement) -> Result<()> {
 }
 
 /// Remove what killed backups left in a local repository's `tmp/`: packs not written to
-/// for longer than the stale timeout (a running backup fills a pack in seconds, and one
-/// stopped that long may no longer publish anything).
-fn clean_staging(repo: &Repository, opts: &PruneOptions) -> usize {
+/// for longer than the stale timeout, and only while no backup runs (a live one may
+/// leave a pack untouched that long: a `pg_dump` waiting on a table lock).
+fn clean_staging(repo: &Repository, opts: &PruneOptions, me: &Announcement) -> usize {
     let Some(dir) = repo.backend().staging_dir() else {
         return 0;
     };
+    match repo.locks(opts.stale_after, Some(me.op())) {
+        Ok(locks) if locks.running(LockKind::Backup).next().is_none() => {}
+        _ => return 0,
+    }
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return 0;
     };

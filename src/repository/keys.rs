@@ -54,7 +54,12 @@ pub(super) fn find_key(
             Ok(kf) => match kf.open(password) {
                 Ok(Some(m)) => return Ok((id, m)),
                 Ok(None) => {}
-                Err(e) => tracing::warn!("skipping key file {}: {e}", names::key(&id)),
+                // A key file that cannot be used is skipped like an undecodable one; a
+                // failure of this machine (no threads to derive with) is no wrong password.
+                Err(e @ Error::Format { .. }) => {
+                    tracing::warn!("skipping key file {}: {e}", names::key(&id))
+                }
+                Err(e) => return Err(e),
             },
             // A damaged key file is skipped (another may open); a store that cannot be
             // read is an error, never a wrong password.

@@ -46,8 +46,11 @@ async fn write(backend: &dyn Backend, key: &MasterKey, lock: &Lock) -> Result<Lo
 /// What an announcement has written, shared with its refresher.
 struct Written {
     objects: Vec<LockId>,
-    /// When a lock object was last written successfully.
+    /// When a lock object was last written successfully, by the monotonic clock and by
+    /// the wall clock: the first does not advance while the machine is suspended (a
+    /// laptop, a paused VM), the second does.
     last_ok: Instant,
+    last_ok_wall: std::time::SystemTime,
     /// The longest time between two successful writes so far. A process stopped (SIGSTOP,
     /// a paused container) refreshes at once when it resumes, so the time since the last
     /// write alone would not show that others saw its lock go stale meanwhile.
@@ -59,6 +62,16 @@ struct Written {
 #[derive(Clone)]
 pub struct Freshness(Arc<Mutex<Written>>);
 
+impl Written {
+    /// Time since the last successful write, by whichever clock says more.
+    fn since_ok(&self) -> Duration {
+        let wall = std::time::SystemTime::now()
+            .duration_since(self.last_ok_wall)
+            .unwrap_or_default();
+        self.last_ok.elapsed().max(wall)
+    }
+}
+
 impl Freshness {
     /// Fail when the lock went unrefreshed for longer than `max`, now or at any time
     /// before: others may have taken the operation for dead (a prune would no longer
@@ -66,7 +79,7 @@ impl Freshness {
     pub fn check(&self, max: Duration, location: &str) -> Result<()> {
         let (gap, now) = {
             let w = self.0.lock().expect("lock objects");
-            (w.longest_gap, w.last_ok.elapsed())
+            (w.longest_gap, w.since_ok())
         };
         let worst = gap.max(now);
         if worst > max {
@@ -107,6 +120,7 @@ impl Repository {
         let written = Arc::new(Mutex::new(Written {
             objects: vec![first],
             last_ok: Instant::now(),
+            last_ok_wall: std::time::SystemTime::now(),
             longest_gap: Duration::ZERO,
         }));
         let (backend, key, mut fresh, w) = (
@@ -123,8 +137,9 @@ impl Repository {
                     Ok(id) => {
                         let mut w = w.lock().expect("lock objects");
                         w.objects.push(id);
-                        w.longest_gap = w.longest_gap.max(w.last_ok.elapsed());
+                        w.longest_gap = w.longest_gap.max(w.since_ok());
                         w.last_ok = Instant::now();
+                        w.last_ok_wall = std::time::SystemTime::now();
                     }
                     Err(e) => tracing::warn!("could not refresh the lock: {e}"),
                 }
@@ -456,6 +471,7 @@ mod tests {
             Some(Freshness(Arc::new(Mutex::new(Written {
                 objects: Vec::new(),
                 last_ok,
+                last_ok_wall: std::time::SystemTime::now(),
                 longest_gap: Duration::from_secs(gap_min * 60),
             }))))
         };
@@ -465,5 +481,9 @@ mod tests {
         if let Some(f) = written(5, 26) {
             assert!(f.check(max, "here").is_err());
         }
+        // A suspend: the monotonic clock stood still, the wall clock went on.
+        let suspended = written(0, 0).unwrap();
+        suspended.0.lock().unwrap().last_ok_wall -= Duration::from_secs(40 * 60);
+        assert!(suspended.check(max, "here").is_err());
     }
 }

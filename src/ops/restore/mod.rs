@@ -92,7 +92,8 @@ struct Walk<'a> {
     files: Vec<FileEntry>,
     links: Vec<(PathBuf, PathBuf)>,
     first_link: HashMap<(u64, u64), PathBuf>,
-    delete_in: Vec<(PathBuf, HashSet<OsString>)>,
+    /// Target directory, its path in the snapshot, and the names to keep there.
+    delete_in: Vec<(PathBuf, PathBuf, HashSet<OsString>)>,
     problems: Vec<Problem>,
     stats: RestoreStats,
     xattr_loss: XattrLoss,
@@ -192,6 +193,7 @@ pub fn restore(
         mut problems,
         mut stats,
         xattr_loss,
+        exclude,
         ..
     } = w;
 
@@ -230,8 +232,8 @@ pub fn restore(
             });
         }
     }
-    for (dir, names) in &delete_in {
-        stats.deleted += delete_extra(dir, names, &mut problems);
+    for (dir, snap_dir, names) in &delete_in {
+        stats.deleted += delete_extra(dir, snap_dir, names, &exclude, &mut problems);
     }
     // A file whose content failed keeps the time of this run, so a rerun does not take
     // it for complete and writes it again.
@@ -322,7 +324,8 @@ impl Walk<'_> {
         let done = self.stack.pop().expect("pushed above");
         if done.created {
             if let Some(names) = done.names {
-                self.delete_in.push((done.path.clone(), names));
+                self.delete_in
+                    .push((done.path.clone(), snap.to_path_buf(), names));
             }
             if let Some(node) = done.node {
                 self.dirs.push((done.path, node));
@@ -472,14 +475,11 @@ fn prepare(repo: &IndexedRepository, opts: &RestoreOptions, f: &FileEntry) -> Pr
     let mut existing = std::fs::symlink_metadata(&f.path)
         .ok()
         .filter(|m| m.file_type().is_file());
-    let complete = existing.as_ref().is_some_and(|m| {
-        m.len() == f.node.size
-            && m.mtime() == f.node.mtime.secs
-            && m.mtime_nsec() == f.node.mtime.nanos as i64
-    });
-    // A file to be written that has other names (a hard link from outside the target)
-    // is replaced, not written through, which would change it under those names too.
-    if existing.as_ref().is_some_and(|m| m.nlink() > 1) && (opts.verify || !complete) {
+    // A file with other names (a hard link from outside the target, or one of this
+    // restore's own from an earlier run) is replaced, not written or given metadata
+    // through: that would change it under those names too. This restore's own links
+    // are made again afterwards.
+    if existing.as_ref().is_some_and(|m| m.nlink() > 1) {
         if let Err(e) = std::fs::remove_file(&f.path) {
             return Prepared::Failed(Problem {
                 path: f.path.clone(),
@@ -488,6 +488,11 @@ fn prepare(repo: &IndexedRepository, opts: &RestoreOptions, f: &FileEntry) -> Pr
         }
         existing = None;
     }
+    let complete = existing.as_ref().is_some_and(|m| {
+        m.len() == f.node.size
+            && m.mtime() == f.node.mtime.secs
+            && m.mtime_nsec() == f.node.mtime.nanos as i64
+    });
     let mut present = Vec::new();
     let mut fresh = true;
     let mut problem = None;
@@ -548,14 +553,21 @@ fn prepare(repo: &IndexedRepository, opts: &RestoreOptions, f: &FileEntry) -> Pr
     }
 }
 
-/// Remove entries of `dir` whose names are not in `keep`. Returns how many.
-fn delete_extra(dir: &Path, keep: &HashSet<OsString>, problems: &mut Vec<Problem>) -> u64 {
+/// Remove entries of `dir` (`snap_dir` in the snapshot) whose names are not in `keep`
+/// and that `exclude` does not leave alone. Returns how many.
+fn delete_extra(
+    dir: &Path,
+    snap_dir: &Path,
+    keep: &HashSet<OsString>,
+    exclude: &Selector,
+    problems: &mut Vec<Problem>,
+) -> u64 {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return 0;
     };
     let mut n = 0;
     for e in rd.flatten() {
-        if keep.contains(&e.file_name()) {
+        if keep.contains(&e.file_name()) || exclude.excluded(&snap_dir.join(e.file_name())) {
             continue;
         }
         let p = e.path();
