@@ -685,7 +685,7 @@ fn backup_vdir(
                 let ptree = parent_tree(ctx, parent_subtree(pnode.as_ref()))?;
                 let (subtree, complete) = backup_vdir(ctx, sub, &path, ptree)?;
                 let mut node = node_from_meta(ctx, name.clone(), &meta, NodeKind::Dir { subtree });
-                node.xattrs = read_xattrs(&path);
+                node.xattrs = xattrs_or_problem(ctx, &path, read_xattrs(&path));
                 let same = pnode.is_some_and(|p| same_node(&node, &p));
                 entries.push(Entry {
                     node,
@@ -979,7 +979,7 @@ fn backup_entry(
                 Ok(d) => {
                     let ptree = parent_tree(ctx, parent_subtree)?;
                     let contents = backup_dir_contents(ctx, &path, &d, ptree, dev);
-                    xattrs = Some(d.xattrs());
+                    xattrs = Some(xattrs_or_problem(ctx, &path, d.xattrs()));
                     contents
                 }
                 Err(e) => Err(Error::io(&path, e)),
@@ -1040,7 +1040,7 @@ fn backup_entry(
     let mut node = node_from_meta(ctx, name, &meta, kind);
     // The size a reader gets is that of the stored content (restore, dump and tar agree).
     node.size = read_size.unwrap_or(node.size);
-    node.xattrs = xattrs.unwrap_or_else(|| read_xattrs(&path));
+    node.xattrs = xattrs.unwrap_or_else(|| xattrs_or_problem(ctx, &path, read_xattrs(&path)));
     let same = parent.is_some_and(|p| same_node(&node, &p));
     Ok(Some(Entry {
         node,
@@ -1196,7 +1196,7 @@ fn backup_file(
     Ok(Some(ReadFile {
         content,
         read,
-        xattrs: scan::file_xattrs(&file),
+        xattrs: xattrs_or_problem(ctx, path, scan::file_xattrs(&file)),
     }))
 }
 
@@ -1423,11 +1423,25 @@ fn same_node(new: &Node, old: &Node) -> bool {
         && *xattrs == old.xattrs
 }
 
-fn read_xattrs(path: &Path) -> Vec<Xattr> {
+/// The extended attributes of `path` (not following a symlink).
+fn read_xattrs(path: &Path) -> (Vec<Xattr>, Option<std::io::Error>) {
     match xattr::list(path) {
         Ok(names) => super::scan::collect_xattrs(names, |n| xattr::get(path, n)),
-        Err(_) => Vec::new(),
+        Err(e) => (Vec::new(), super::scan::not_unsupported(e)),
     }
+}
+
+/// Extended attributes read, with the failure to read some named as a problem: an ACL
+/// or a capability left out silently would restore a file that does not work.
+fn xattrs_or_problem(
+    ctx: &Ctx,
+    path: &Path,
+    (list, error): (Vec<Xattr>, Option<std::io::Error>),
+) -> Vec<Xattr> {
+    if let Some(e) = error {
+        ctx.problem(path, format!("extended attributes not read: {e}"));
+    }
+    list
 }
 
 /// Back up a stream as one file under `name`, with synthetic parent directories.

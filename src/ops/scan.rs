@@ -206,13 +206,12 @@ impl Dir {
         (names, err)
     }
 
-    /// The directory's extended attributes, sorted by name (none when they cannot be
-    /// read, as for a path).
-    pub fn xattrs(&self) -> Vec<Xattr> {
-        let Ok(fd) = self.fd.try_clone() else {
-            return Vec::new();
-        };
-        file_xattrs(&std::fs::File::from(fd))
+    /// The directory's extended attributes, sorted by name, as [`file_xattrs`].
+    pub fn xattrs(&self) -> (Vec<Xattr>, Option<io::Error>) {
+        match self.fd.try_clone() {
+            Ok(fd) => file_xattrs(&std::fs::File::from(fd)),
+            Err(e) => (Vec::new(), Some(e)),
+        }
     }
 }
 
@@ -233,36 +232,69 @@ pub(super) fn open_file(at: BorrowedFd<'_>, rel: &CStr) -> io::Result<std::fs::F
 }
 
 /// An open file's extended attributes, sorted by name (none when they cannot be read).
-pub(super) fn file_xattrs(f: &std::fs::File) -> Vec<Xattr> {
+pub(super) fn file_xattrs(f: &std::fs::File) -> (Vec<Xattr>, Option<io::Error>) {
     use xattr::FileExt;
     match f.list_xattr() {
         Ok(names) => collect_xattrs(names, |n| f.get_xattr(n)),
-        Err(_) => Vec::new(),
+        Err(e) => (Vec::new(), not_unsupported(e)),
     }
 }
 
-/// The attributes `names` lists with the values `get` reads, sorted by name; one that
-/// vanished or cannot be read in between is left out.
+/// An error reading extended attributes, unless it says the file system has none.
+pub(super) fn not_unsupported(e: io::Error) -> Option<io::Error> {
+    (e.kind() != io::ErrorKind::Unsupported).then_some(e)
+}
+
+/// The attributes `names` lists with the values `get` reads, sorted by name, and the
+/// first error that kept one from being read. One that vanished in between is left out
+/// without an error.
 pub(super) fn collect_xattrs(
     names: impl Iterator<Item = std::ffi::OsString>,
     get: impl Fn(&OsStr) -> io::Result<Option<Vec<u8>>>,
-) -> Vec<Xattr> {
+) -> (Vec<Xattr>, Option<io::Error>) {
+    let mut error = None;
     let mut out: Vec<Xattr> = names
-        .filter_map(|n| {
-            let value = get(&n).ok()??;
-            Some(Xattr {
+        .filter_map(|n| match get(&n) {
+            Ok(value) => Some(Xattr {
                 name: n.as_bytes().to_vec(),
-                value,
-            })
+                value: value?,
+            }),
+            Err(e) => {
+                error.get_or_insert(e);
+                None
+            }
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
+    (out, error)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An attribute that vanished between listing and reading is left out quietly; one
+    /// that could not be read is left out with the error, which the backup reports; a
+    /// file system without attributes is no error.
+    #[test]
+    fn an_attribute_that_cannot_be_read_is_an_error_one_that_vanished_is_not() {
+        let names = || ["user.b", "user.gone", "user.a"].map(std::ffi::OsString::from);
+        let (list, err) = collect_xattrs(names().into_iter(), |n| match n.to_str() {
+            Some("user.gone") => Ok(None),
+            _ => Ok(Some(b"v".to_vec())),
+        });
+        let got: Vec<&[u8]> = list.iter().map(|x| x.name.as_slice()).collect();
+        assert_eq!(got, [b"user.a".as_slice(), b"user.b"]);
+        assert!(err.is_none());
+        let (list, err) = collect_xattrs(names().into_iter(), |n| match n.to_str() {
+            Some("user.b") => Err(io::Error::from_raw_os_error(libc::EACCES)),
+            _ => Ok(Some(b"v".to_vec())),
+        });
+        assert_eq!(list.len(), 2);
+        assert_eq!(err.unwrap().raw_os_error(), Some(libc::EACCES));
+        assert!(not_unsupported(io::Error::from_raw_os_error(libc::EOPNOTSUPP)).is_none());
+        assert!(not_unsupported(io::Error::from_raw_os_error(libc::EIO)).is_some());
+    }
 
     #[test]
     fn lists_sorted_names_and_stats_them_like_std() {
