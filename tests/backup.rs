@@ -548,6 +548,15 @@ fn missing_source_is_named_and_exits_3() {
             .unwrap()
             .contains("vanished")
     );
+    // A restore of it says that it is incomplete, and where the list is.
+    let out = repo.restore_output("latest", &repo.tmp.path().join("r"));
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is incomplete"), "{err}");
+    let cat = err.split('`').nth(1).unwrap().to_string();
+    let args: Vec<&str> = cat.split_whitespace().skip(1).collect();
+    let listed = crate::common::run_ok(repo.cmd().args(&args));
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("vanished"));
 }
 
 #[test]

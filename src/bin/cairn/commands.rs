@@ -616,6 +616,16 @@ fn restore_cmd(g: &Global, a: RestoreArgs) -> Result<u8> {
         verify: a.verify,
         delete: a.delete,
     };
+    // What was left out when the snapshot was taken is not in it to restore.
+    if !snap.complete {
+        eprintln!(
+            "warning: snapshot {} is incomplete: {} input(s) could not be read when it was \
+             taken and are not in it (`cairn cat snapshot {}` lists them)",
+            id.short(),
+            snap.problems.len(),
+            id.short()
+        );
+    }
     let stats = restore::restore(&repo, &snap, &opts)?;
     for p in &stats.problems {
         eprintln!("error: {p}");
@@ -625,7 +635,7 @@ fn restore_cmd(g: &Global, a: RestoreArgs) -> Result<u8> {
             "snapshot_id": id, "files": stats.files, "dirs": stats.dirs, "other": stats.other,
             "files_unchanged": stats.files_unchanged, "bytes_written": stats.bytes_written,
             "bytes_fetched": stats.bytes_fetched, "requests": stats.requests, "deleted": stats.deleted,
-            "problems": stats.problems,
+            "problems": stats.problems, "snapshot_complete": snap.complete,
         }))?;
     } else if !g.quiet {
         println!(
