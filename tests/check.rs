@@ -404,6 +404,24 @@ fn repair_index_keeps_the_entries_of_a_pack_with_a_damaged_header() {
     damage_of(&r, "pack", &name);
 }
 
+/// When the newest snapshot object is damaged, `latest` is the newest readable one, and
+/// a restore says so instead of only skipping the object.
+#[test]
+fn latest_with_the_newest_snapshot_damaged_says_which_it_restores() {
+    let f = fixture();
+    flip_byte(&f.repo.path.join("snapshots").join(&f.snaps[1]), 30);
+    let out = f
+        .repo
+        .restore_output("latest", &f.repo.tmp.path().join("r"));
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&f.snaps[1]) && err.contains("may not be the newest"),
+        "{err}"
+    );
+    assert!(err.contains(&f.snaps[0][..8]), "{err}");
+}
+
 #[test]
 fn corrupt_snapshot_object_is_named() {
     let f = fixture();

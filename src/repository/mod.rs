@@ -424,9 +424,19 @@ impl Repository {
     /// Resolve `latest`, a full id or a unique prefix of at least 4 hex digits.
     pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
         if spec == "latest" {
-            return self.snapshots()?.pop().ok_or_else(|| Error::NotFound {
+            let (mut good, bad) = self.snapshots_and_damage()?;
+            let newest = good.pop().ok_or_else(|| Error::NotFound {
                 what: format!("any snapshot in {}", self.backend.location()),
-            });
+            })?;
+            // A damaged object may have been the newest: `latest` is then an older one.
+            for (name, e) in &bad {
+                tracing::warn!(
+                    "{name} cannot be read ({e}); `latest` is the newest readable snapshot, \
+                     {}, which may not be the newest one taken",
+                    newest.0.short()
+                );
+            }
+            return Ok(newest);
         }
         if spec.len() == 64 {
             let id: SnapshotId = spec.parse()?;
