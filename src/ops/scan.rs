@@ -231,7 +231,8 @@ pub(super) fn open_file(at: BorrowedFd<'_>, rel: &CStr) -> io::Result<std::fs::F
     Ok(std::fs::File::from(fd))
 }
 
-/// An open file's extended attributes, sorted by name (none when they cannot be read).
+/// An open file's extended attributes, sorted by name, and the error that kept some
+/// from being read (none where the file system has no attributes).
 pub(super) fn file_xattrs(f: &std::fs::File) -> (Vec<Xattr>, Option<io::Error>) {
     use xattr::FileExt;
     match f.list_xattr() {
