@@ -719,13 +719,7 @@ fn a_source_the_outer_walk_cannot_reach_is_named() {
 /// system (needs root and a mount namespace; skipped without).
 #[test]
 fn one_file_system_backs_up_a_mount_point_given_as_a_source() {
-    if !crate::common::is_root()
-        || !std::process::Command::new("unshare")
-            .args(["-m", "true"])
-            .status()
-            .is_ok_and(|s| s.success())
-    {
-        eprintln!("skipped: needs root and `unshare -m`");
+    if !crate::common::can_mount() {
         return;
     }
     let repo = Repo::new();

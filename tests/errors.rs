@@ -240,17 +240,7 @@ fn full_disk_with_direct_writes_stops_the_backup_too() {
 /// Run the full-disk scenario on the file system `mount` mounts at `$MNT` (exit 90 when
 /// it cannot), and `make_room` frees.
 fn full_disk(mount: &str, make_room: &str) {
-    if !crate::common::is_root() {
-        eprintln!("skipped: mounting a file system needs root");
-        return;
-    }
-    // Root in a container without CAP_SYS_ADMIN has no mount namespaces of its own.
-    let namespaces = std::process::Command::new("unshare")
-        .args(["-m", "true"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !namespaces {
-        eprintln!("skipped: `unshare -m` is not allowed here");
+    if !crate::common::can_mount() {
         return;
     }
     let t = tempfile::tempdir().unwrap();

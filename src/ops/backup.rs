@@ -132,7 +132,7 @@ pub(super) struct Ctx<'a> {
 impl Ctx<'_> {
     /// Was `path` given as a source inside another one?
     fn named(&self, path: &Path) -> bool {
-        !self.nested.is_empty() && self.nested.iter().any(|n| n == path)
+        self.nested.iter().any(|n| n == path)
     }
 
     pub(super) fn problem(&self, path: &Path, message: impl Into<String>) {
@@ -155,8 +155,13 @@ pub fn backup(
     let started = Instant::now();
     let select = Selector::new(&opts.select)?;
     let host = opts.host.clone().unwrap_or_else(crate::util::hostname);
-    let parent = match (&source, opts.force) {
-        (Source::Paths(paths), false) => find_parent(repo, opts.parent, &host, paths)?,
+    // The sources to walk and those given inside them, worked out once.
+    let roots = match &source {
+        Source::Paths(paths) => Some(source_roots(paths)?),
+        _ => None,
+    };
+    let parent = match (&roots, opts.force) {
+        (Some((sources, _)), false) => find_parent(repo, opts.parent, &host, sources)?,
         _ => None,
     };
     if let Some((_, p)) = &parent {
@@ -180,6 +185,7 @@ pub fn backup(
     let result = run(
         repo,
         source,
+        roots.unwrap_or_default(),
         opts,
         progress,
         started,
@@ -201,6 +207,7 @@ pub fn backup(
 fn run(
     repo: &IndexedRepository,
     source: Source,
+    (sources, nested): (Vec<PathBuf>, Vec<PathBuf>),
     opts: &BackupOptions,
     progress: &Progress,
     started: Instant,
@@ -233,15 +240,12 @@ fn run(
         stream_checked: Mutex::new(None),
         generation: repo.index().generation(),
         mark_complete: !opts.dry_run,
-        nested: match &source {
-            Source::Paths(paths) => source_roots(paths)?.1,
-            _ => Vec::new(),
-        },
+        nested,
     };
     let parent_tree = parent.as_ref().map(|(_, p)| p.tree);
     let pool = super::cpu_pool()?;
     let walked = pool.install(|| match source {
-        Source::Paths(paths) => backup_paths(&ctx, &paths, parent_tree).map(|(t, p)| (t, p, None)),
+        Source::Paths(_) => backup_paths(&ctx, &sources, parent_tree).map(|(t, p)| (t, p, None)),
         Source::Stream { name, reader, info } => {
             backup_stream(&ctx, &name, reader, info).map(|(t, p, i)| (t, p, Some(i)))
         }
@@ -370,17 +374,13 @@ fn find_parent(
     repo: &IndexedRepository,
     asked: Option<SnapshotId>,
     host: &str,
-    paths: &[PathBuf],
+    sources: &[PathBuf],
 ) -> Result<Option<(SnapshotId, Snapshot)>> {
     if let Some(id) = asked {
         return Ok(Some((id, repo.load_snapshot(&id)?)));
     }
-    // The paths a snapshot records: nested sources are not among them.
-    let want: Vec<String> = source_roots(paths)?
-        .0
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
+    // The paths a snapshot records ([`source_roots`]: nested sources are not among them).
+    let want: Vec<String> = sources.iter().map(|p| p.display().to_string()).collect();
     let cache = repo.index();
     let ids: Vec<SnapshotId> = repo.block_on(crate::backend::list_ids(
         repo.backend().as_ref(),
@@ -537,18 +537,18 @@ fn clean_absolute(p: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// Back up `sources` ([`source_roots`]; those given inside them are in `ctx.nested`).
 fn backup_paths(
     ctx: &Ctx,
-    paths: &[PathBuf],
+    sources: &[PathBuf],
     parent: Option<BlobId>,
 ) -> Result<(BlobId, Vec<String>)> {
-    if paths.is_empty() {
+    if sources.is_empty() {
         return Err(Error::Config(
             "nothing to back up: give at least one path".into(),
         ));
     }
-    let (sources, nested) = source_roots(paths)?;
-    check_nested(&ctx.select, &sources, &nested)?;
+    check_nested(&ctx.select, sources, &ctx.nested)?;
     for s in sources.iter().filter(|s| s.is_symlink()) {
         tracing::warn!(
             "{}: a symlink, stored as the link; give it as `{}/` to back up what it leads to",
@@ -572,7 +572,7 @@ fn backup_paths(
         )));
     }
     let mut root = VDir::default();
-    for s in &sources {
+    for s in sources {
         let comps: Vec<&OsStr> = s.iter().skip(1).collect();
         if comps.is_empty() {
             // Backing up "/" itself: the root's entries become the snapshot's root.

@@ -86,11 +86,6 @@ impl Copier<'_> {
     }
 }
 
-/// Has the target's writer stopped (a failed upload)? Then every snapshot would fail.
-fn writer_broken(c: &Copier) -> bool {
-    c.w.broken().is_some()
-}
-
 /// Copy `snapshots` of `src` into `dst` (opened with
 /// `into_indexed_announced(LockKind::Backup)`: a copy writes like a backup).
 pub fn copy(
@@ -133,7 +128,8 @@ pub fn copy(
             // The target failing stops the copy; a damaged source snapshot is named and
             // the others are copied.
             Err(e @ Error::Backend { .. }) => return Err(e),
-            Err(e) if writer_broken(&c) => return Err(e),
+            // The target's writer stopped (a failed upload): every snapshot would fail.
+            Err(e) if c.w.broken().is_some() => return Err(e),
             Err(e) => {
                 tracing::warn!("snapshot {} not copied: {e}", id.short());
                 report.failed.push((*id, e.to_string()));

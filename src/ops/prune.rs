@@ -145,8 +145,11 @@ pub fn prune(repo: Repository, opts: &PruneOptions) -> Result<PruneReport> {
         let repo = repo.into_indexed()?;
         let mut r = run(&repo, snaps, opts, &me, &locks)?;
         if !opts.dry_run {
-            r.lock_objects_removed = clean_locks(&repo, opts, &me);
-            r.tmp_files_removed = clean_staging(&repo, opts, &me);
+            // Who is at work now, read once for both clean-ups.
+            if let Ok(now) = repo.locks(opts.stale_after, Some(me.op())) {
+                r.lock_objects_removed = clean_locks(&repo, &now, &me);
+                r.tmp_files_removed = clean_staging(&repo, &now, opts);
+            }
         }
         r.duration_ms = started.elapsed().as_millis() as u64;
         Ok(r)
@@ -165,13 +168,12 @@ fn fresh(me: &Announcement) -> Result<()> {
 /// Remove what killed backups left in a local repository's `tmp/`: packs not written to
 /// for longer than the stale timeout, and only while no backup runs (a live one may
 /// leave a pack untouched that long: a `pg_dump` waiting on a table lock).
-fn clean_staging(repo: &Repository, opts: &PruneOptions, me: &Announcement) -> usize {
+fn clean_staging(repo: &Repository, locks: &Locks, opts: &PruneOptions) -> usize {
     let Some(dir) = repo.backend().staging_dir() else {
         return 0;
     };
-    match repo.locks(opts.stale_after, Some(me.op())) {
-        Ok(locks) if locks.running(LockKind::Backup).next().is_none() => {}
-        _ => return 0,
+    if locks.running(LockKind::Backup).next().is_some() {
+        return 0;
     }
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return 0;
@@ -194,10 +196,7 @@ fn clean_staging(repo: &Repository, opts: &PruneOptions, me: &Announcement) -> u
 }
 
 /// Remove the lock objects of operations that ended or went stale.
-fn clean_locks(repo: &Repository, opts: &PruneOptions, me: &Announcement) -> usize {
-    let Ok(locks) = repo.locks(opts.stale_after, Some(me.op())) else {
-        return 0;
-    };
+fn clean_locks(repo: &Repository, locks: &Locks, me: &Announcement) -> usize {
     let names: Vec<String> = locks
         .ops
         .values()

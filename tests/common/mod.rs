@@ -227,6 +227,23 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Can a test mount file systems in a mount namespace of its own (`unshare -m`)? Says
+/// why not on stderr. Root in a container without CAP_SYS_ADMIN cannot.
+pub fn can_mount() -> bool {
+    if !is_root() {
+        eprintln!("skipped: mounting a file system needs root");
+        return false;
+    }
+    let namespaces = std::process::Command::new("unshare")
+        .args(["-m", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !namespaces {
+        eprintln!("skipped: `unshare -m` is not allowed here");
+    }
+    namespaces
+}
+
 /// Build the awkward tree of the foundation acceptance test under `root`. `big` is the
 /// size of the one large file.
 pub fn awkward_tree(root: &Path, big: usize) {

@@ -305,13 +305,11 @@ impl Walk<'_> {
         for n in &tree.nodes {
             let name = OsStr::from_bytes(&n.name);
             let (s, t) = (snap.join(name), tgt.join(name));
-            // Excluded names are kept too: `--delete` removes only what the snapshot
-            // lacks, never what the restore was told to leave alone.
-            if let Some(names) = self.stack.last_mut().and_then(|d| d.names.as_mut()) {
-                names.insert(name.to_os_string());
-            }
             if self.exclude.excluded(&s) {
                 continue;
+            }
+            if let Some(names) = self.stack.last_mut().and_then(|d| d.names.as_mut()) {
+                names.insert(name.to_os_string());
             }
             let inc = included || self.included(&s);
             if let Err(e) = self.entry(&s, &t, n, inc) {
