@@ -1023,3 +1023,73 @@ fn prune_removes_temporary_packs_killed_backups_left() {
     assert_eq!(r["tmp_files_removed"], 1, "{r:#}");
     assert!(!old.exists() && young.exists());
 }
+
+/// Two hosts that backed up the same new data at once leave every blob in two packs:
+/// prune keeps one copy of each, both snapshots restore, and prune's working directory
+/// is gone from the cache afterwards.
+#[test]
+fn a_blob_stored_twice_is_kept_once() {
+    let repo = Repo::with_small_packs();
+    let src = repo.tmp.path().join("src");
+    let files: Vec<(String, Vec<u8>)> = (0..6u64)
+        .map(|i| (format!("f{i}"), data(400_000, i)))
+        .collect();
+    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    write_files(&src, &refs);
+    // A copy of the empty repository takes the same data on its own: the same blobs,
+    // in packs of other names.
+    let twin = repo.tmp.path().join("twin");
+    copy_dir(&repo.path, &twin);
+    let first = backup_at(&repo, &src, "2026-11-01T03:00:00Z", &[]);
+    let out = run_ok(
+        repo.cmd()
+            .env("CAIRN_REPOSITORY", &twin)
+            .env("CAIRN_CACHE_DIR", repo.tmp.path().join("twin-cache"))
+            .args(["backup", "--json", "--time", "2026-11-02T03:00:00Z"])
+            .arg(&src),
+    );
+    let second = crate::common::last_json_line(&out.stdout)["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let once = repo.stored_bytes("data");
+    for folder in ["data", "index", "snapshots"] {
+        copy_dir(&twin.join(folder), &repo.path.join(folder));
+    }
+    assert!(
+        repo.stored_bytes("data") > once * 19 / 10,
+        "not stored twice"
+    );
+
+    let out = run_ok(repo.cmd().args(["prune", "--json", "--max-unused", "0%"]));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Every data blob twice; only the trees above `src` differ (their directories
+    // changed between the backups).
+    let (used, unused) = (
+        r["used_bytes"].as_u64().unwrap(),
+        r["unused_bytes"].as_u64().unwrap(),
+    );
+    assert!(unused <= used && unused > used * 99 / 100, "{r:#}");
+    assert_eq!(r["unused_bytes_after"], 0, "{r:#}");
+    let after = repo.stored_bytes("data");
+    assert!(
+        after <= once * 11 / 10,
+        "{after} bytes left of {once} stored once"
+    );
+    run_ok(repo.cmd().args(["check", "--read-data"]));
+    for id in [&first, &second] {
+        assert_same_tree(
+            &src,
+            &restore(&repo, id).join(src.strip_prefix("/").unwrap()),
+        );
+    }
+    let cache = repo.tmp.path().join("cache");
+    let left: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten().flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("prune-"))
+        .collect();
+    assert!(left.is_empty(), "left in the cache: {left:?}");
+}

@@ -97,7 +97,7 @@ impl std::fmt::Debug for IndexCache {
     }
 }
 
-fn db_options() -> Options {
+pub(crate) fn db_options() -> Options {
     let mut o = Options::default();
     o.create_if_missing(true);
     o.set_compression_type(rocksdb::DBCompressionType::None);
@@ -135,7 +135,7 @@ fn db_options() -> Options {
 /// the writes since the last table file: always a suffix of them, so what remains is
 /// an earlier state of the cache (index files then look unseen and are read again, a
 /// mark is never without the entries it vouches for, which were written before it).
-fn write_options() -> WriteOptions {
+pub(crate) fn write_options() -> WriteOptions {
     let mut w = WriteOptions::default();
     w.disable_wal(true);
     w
@@ -145,7 +145,7 @@ fn blob_key(ty: BlobType, id: &BlobId) -> [u8; 34] {
     space_key(b'b', ty, id)
 }
 
-fn space_key(space: u8, ty: BlobType, id: &BlobId) -> [u8; 34] {
+pub(crate) fn space_key(space: u8, ty: BlobType, id: &BlobId) -> [u8; 34] {
     let mut k = [0u8; 34];
     k[0] = space;
     k[1] = match ty {
@@ -174,7 +174,7 @@ fn id_key(space: u8, id: &[u8; 32]) -> [u8; 33] {
     k
 }
 
-fn cache_err(path: &Path, e: impl std::fmt::Display) -> Error {
+pub(crate) fn cache_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Cache {
         path: path.to_path_buf(),
         message: e.to_string(),

@@ -4,7 +4,7 @@
 //! Typestate: [`Repository`] is open (key and config read); [`IndexedRepository`] also
 //! has the index cache in step with `index/` and is what reads and writes blobs.
 
-mod index;
+pub(crate) mod index;
 mod keys;
 mod lock;
 mod tree_cache;
@@ -349,39 +349,54 @@ impl Repository {
         Ok((out, damaged))
     }
 
-    /// Read every index file from the store (not the cache), `parallel` at a time.
-    /// Files removed since the listing are skipped; damaged ones are returned apart.
+    /// Read every index file from the store (not the cache), several at a time, sorted
+    /// by id. Files removed since the listing are skipped; damaged ones are returned
+    /// apart.
     #[allow(clippy::type_complexity)]
     pub fn read_index_files(&self) -> Result<(Vec<(IndexId, IndexFile)>, Vec<(String, Error)>)> {
+        let mut good = Vec::new();
+        let bad = self.for_each_index_file(|id, f| {
+            good.push((id, f));
+            Ok(())
+        })?;
+        good.sort_by_key(|(id, _)| *id);
+        Ok((good, bad))
+    }
+
+    /// Read every index file from the store and hand each to `f` as it arrives, so that
+    /// only the files in flight are held. Files removed since the listing are skipped;
+    /// damaged ones are returned.
+    pub fn for_each_index_file(
+        &self,
+        mut f: impl FnMut(IndexId, IndexFile) -> Result<()>,
+    ) -> Result<Vec<(String, Error)>> {
         use futures::StreamExt;
         let listed: Vec<IndexId> = self.block_on(crate::backend::list_ids(
             self.backend.as_ref(),
             names::INDEX,
         ))?;
-        let fetched: Vec<_> = self.block_on(
-            futures::stream::iter(listed)
+        self.block_on(async {
+            let mut fetched = futures::stream::iter(listed)
                 .map(|id| async move {
                     let name = names::index(&id);
                     (id, self.backend.get(&name).await)
                 })
-                .buffer_unordered(self.opts.connections.max(1) * 2)
-                .collect(),
-        );
-        let mut good = Vec::new();
-        let mut bad = Vec::new();
-        for (id, bytes) in fetched {
-            let name = names::index(&id);
-            match bytes
-                .and_then(|b| format::open_object::<IndexFile>(&self.key, aad::INDEX, &name, &b))
-            {
-                Ok(f) => good.push((id, f)),
-                Err(Error::NotFound { .. }) => {}
-                Err(e @ Error::Backend { .. }) => return Err(e),
-                Err(e) => bad.push((name, e)),
+                // Files that arrive while `f` is busy wait whole in memory.
+                .buffer_unordered(self.opts.connections.max(1));
+            let mut bad = Vec::new();
+            while let Some((id, bytes)) = fetched.next().await {
+                let name = names::index(&id);
+                match bytes.and_then(|b| {
+                    format::open_object::<IndexFile>(&self.key, aad::INDEX, &name, &b)
+                }) {
+                    Ok(file) => f(id, file)?,
+                    Err(Error::NotFound { .. }) => {}
+                    Err(e @ Error::Backend { .. }) => return Err(e),
+                    Err(e) => bad.push((name, e)),
+                }
             }
-        }
-        good.sort_by_key(|(id, _)| *id);
-        Ok((good, bad))
+            Ok(bad)
+        })
     }
 
     /// Read a pack's header from its tail (two range requests), for a pack of `size`

@@ -21,6 +21,7 @@
 //! Every step leaves the repository consistent when killed; a rerun picks up where it
 //! stopped (`docs/design.md`, "Prune beside backups", has the argument).
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,9 @@ use crate::format::{
 };
 use crate::id::{BlobId, Id, IndexId, PackId, SnapshotId};
 use crate::repository::{Announcement, IndexedRepository, Locks, REFRESH, Repository, STALE_AFTER};
+
+mod scratch;
+use scratch::{Scratch, Set};
 
 /// How much unused space to tolerate before repacking.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -214,12 +218,9 @@ fn clean_locks(repo: &Repository, locks: &Locks, me: &Announcement) -> usize {
     n - removed.iter().filter(|r| r.is_err()).count()
 }
 
-/// A pack as prune sees it.
-#[derive(Debug, Clone)]
-struct PackState {
-    size: u64,
-    blobs: Vec<PackBlob>,
-}
+/// The packs of the index, with their sizes on the store; what they hold is in the
+/// scratch database.
+type Packs = BTreeMap<PackId, u64>;
 
 #[allow(clippy::type_complexity)]
 fn run(
@@ -271,26 +272,32 @@ fn run(
     }
     report.snapshots = snapshots.len();
 
-    // 3. The index as the store has it, and the packs there are.
-    let (index_files, bad) = repo.read_index_files()?;
+    // 3. The index as the store has it, and the packs there are. What each pack holds
+    // goes to the scratch database as its index file arrives.
+    let scratch = Scratch::create(&repo.cache_dir())?;
+    let mut packs: Packs = BTreeMap::new();
+    // Each index file read, with the number of blobs it names.
+    let mut index_files: Vec<(IndexId, usize)> = Vec::new();
+    let bad = repo.for_each_index_file(|id, f| {
+        index_files.push((id, f.packs.iter().map(|p| p.blobs.len()).sum()));
+        for p in &f.packs {
+            if let Entry::Vacant(e) = packs.entry(p.id) {
+                e.insert(p.size);
+                scratch.add_pack(p)?;
+            }
+        }
+        Ok(())
+    })?;
     if let Some((name, e)) = bad.first() {
         return Err(Error::integrity(
             name.clone(),
             format!("{e}; prune stops. Run `cairn check`, then `cairn repair index`"),
         ));
     }
+    index_files.sort();
     report.index_files_before = index_files.len();
     let on_store: HashMap<PackId, u64> =
         repo.block_on(crate::backend::list_packs(repo.backend().as_ref()))?;
-    let mut packs: BTreeMap<PackId, PackState> = BTreeMap::new();
-    for (_, f) in &index_files {
-        for p in &f.packs {
-            packs.entry(p.id).or_insert_with(|| PackState {
-                size: p.size,
-                blobs: p.blobs.clone(),
-            });
-        }
-    }
     let missing: Vec<_> = packs.keys().filter(|p| !on_store.contains_key(p)).collect();
     if let Some(p) = missing.first() {
         return Err(Error::integrity(
@@ -303,36 +310,26 @@ fn run(
             ),
         ));
     }
-    if let Some((p, s)) = packs.iter().find(|(p, s)| on_store[p] != s.size) {
+    if let Some((p, size)) = packs.iter().find(|(p, size)| on_store[p] != **size) {
         return Err(Error::integrity(
             names::pack(p),
             format!(
-                "{} bytes on the store, {} in the index; prune stops. Run `cairn check --read-data`",
-                on_store[p], s.size
+                "{} bytes on the store, {size} in the index; prune stops. Run `cairn check --read-data`",
+                on_store[p]
             ),
         ));
     }
 
-    let used = used_blobs(repo, &snapshots)?;
-    report.used_blobs = used.len();
+    used_blobs(repo, &snapshots, &scratch)?;
 
     // 4. Earlier deletion records.
-    let mut indexed: HashSet<(BlobType, BlobId)> = packs
-        .values()
-        .flat_map(|p| p.blobs.iter().map(|b| (b.ty, b.id)))
-        .collect();
     let mut pending_packs: HashSet<PackId> = HashSet::new();
-    let mut waiting_blobs: HashSet<(BlobType, BlobId)> = HashSet::new();
-    let mut rescue_files = Vec::new();
+    let mut rescue_files: Vec<IndexId> = Vec::new();
     // Provisional records of a prune that died: their packs are marked again below.
     let mut provisional: Vec<(Id, Deletion)> = Vec::new();
     for (del_id, del) in read_deletions(repo)? {
         if del.provisional {
-            waiting_blobs.extend(
-                del.packs
-                    .iter()
-                    .flat_map(|p| p.blobs.iter().map(|b| (b.ty, b.id))),
-            );
+            scratch.insert_all(Set::Waiting, blobs_of(&del.packs))?;
             pending_packs.extend(del.packs.iter().map(|p| p.id));
             provisional.push((del_id, del));
             continue;
@@ -352,11 +349,7 @@ fn run(
             pending_packs.extend(del.packs.iter().map(|p| p.id));
             // A snapshot of a waited-for backup that ended may use these; they stay
             // until the record is carried out, which puts such packs back.
-            waiting_blobs.extend(
-                del.packs
-                    .iter()
-                    .flat_map(|p| p.blobs.iter().map(|b| (b.ty, b.id))),
-            );
+            scratch.insert_all(Set::Waiting, blobs_of(&del.packs))?;
             continue;
         }
         if opts.dry_run {
@@ -364,20 +357,15 @@ fn run(
             continue;
         }
         fresh(me)?;
+        let indexed = |p: &PackId| packs.contains_key(p);
         let (restored, removed, freed, rescue) =
-            carry_out(repo, &del_id, &del, &used, &packs, &indexed, &on_store)?;
+            carry_out(repo, &del_id, &del, &scratch, &indexed, &on_store)?;
         if let Some((id, file)) = rescue {
             for p in &file.packs {
-                indexed.extend(p.blobs.iter().map(|b| (b.ty, b.id)));
-                packs.insert(
-                    p.id,
-                    PackState {
-                        size: p.size,
-                        blobs: p.blobs.clone(),
-                    },
-                );
+                scratch.add_pack(p)?;
+                packs.insert(p.id, p.size);
             }
-            rescue_files.push((id, file));
+            rescue_files.push(id);
         }
         report.finished_deletions += 1;
         report.packs_restored += restored;
@@ -386,10 +374,17 @@ fn run(
     }
 
     // 5. Plan.
-    let missing = |b: &&(BlobType, BlobId)| !indexed.contains(b) && !waiting_blobs.contains(b);
-    let missing_blobs = used.iter().filter(missing).count();
-    if missing_blobs > 0 {
-        let (ty, id) = used.iter().find(missing).expect("counted");
+    let mut missing_blobs = 0;
+    let mut first_missing = None;
+    scratch.for_each_used(|ty, id, _, holders| {
+        report.used_blobs += 1;
+        if holders.is_empty() && !scratch.contains(Set::Waiting, ty, &id)? {
+            missing_blobs += 1;
+            first_missing.get_or_insert((ty, id));
+        }
+        Ok(())
+    })?;
+    if let Some((ty, id)) = first_missing {
         return Err(Error::integrity(
             format!("{ty} blob {id}"),
             format!(
@@ -400,9 +395,10 @@ fn run(
             ),
         ));
     }
-    let plan = plan(&packs, &used, opts, &mut report);
+    let plan = plan(&packs, &scratch, opts, &mut report)?;
     // Repacking reads only the kept blobs (and short gaps between them).
-    report.repack_download_bytes = pieces(&packs, &plan).iter().map(|p| p.end - p.start).sum();
+    let pieces = pieces(&scratch, &plan)?;
+    report.repack_download_bytes = pieces.iter().map(|p| p.end - p.start).sum();
     let unindexed: Vec<(PackId, u64)> = on_store
         .iter()
         .filter(|(p, _)| !packs.contains_key(p) && !pending_packs.contains(p))
@@ -438,23 +434,20 @@ fn run(
     // the index makes every client rebuild its cache, so it happens only when packs go
     // or small index files (a backup writes at least one) have piled up.
     fresh(me)?;
-    let (new_files, uploaded) = repack(repo, &packs, &plan)?;
+    let (new_files, uploaded) = repack(repo, &scratch, pieces)?;
     report.repack_upload_bytes = uploaded;
     let gone: HashSet<PackId> = plan.delete.iter().chain(&plan.repack).copied().collect();
     let small = index_files
         .iter()
-        .filter(|(_, f)| {
-            f.packs.iter().map(|p| p.blobs.len()).sum::<usize>() < BLOBS_PER_INDEX_FILE / 2
-        })
+        .filter(|(_, blobs)| *blobs < BLOBS_PER_INDEX_FILE / 2)
         .count();
     // 7. Mark. A provisional record first, so that readers find the packs leaving
     // the index at every moment; the final one once the backups to wait for are known.
     for id in &gone {
-        let p = &packs[id];
         marked.push(IndexPack {
             id: *id,
-            size: p.size,
-            blobs: p.blobs.clone(),
+            size: packs[id],
+            blobs: scratch.pack_blobs(id)?,
         });
     }
     for (_, del) in &provisional {
@@ -473,50 +466,50 @@ fn run(
             &Deletion::provisional(marked.clone()),
         )?);
     }
+    // The new packs join the working set: the consolidated index names them.
+    let mut superseded: Vec<IndexId> = index_files.iter().map(|(id, _)| *id).collect();
+    superseded.extend(&rescue_files);
+    for (id, f) in new_files {
+        for p in &f.packs {
+            scratch.add_pack(p)?;
+            packs.insert(p.id, p.size);
+        }
+        superseded.push(id);
+    }
     if gone.is_empty() && small < SMALL_INDEX_FILES {
         report.index_files_after = index_files.len() + rescue_files.len();
     } else {
-        consolidate(
-            repo,
-            &packs,
-            &gone,
-            &index_files,
-            &rescue_files,
-            &new_files,
-            &mut report,
-        )?;
+        let written = write_consolidated(repo, &scratch, &packs, &gone, &superseded)?;
+        report.index_files_after = written.len();
+        let written: HashSet<IndexId> = written.into_iter().collect();
+        let old = superseded.iter().filter(|id| !written.contains(id));
+        delete_all(repo, old.map(names::index).collect())?;
     }
     if marked.is_empty() {
         return Ok(report);
     }
     // What the index holds now, for packs removed at once.
-    let mut after: BTreeMap<PackId, PackState> = packs
-        .into_iter()
-        .filter(|(id, _)| !gone.contains(id))
-        .collect();
-    for (_, f) in &new_files {
-        for p in &f.packs {
-            after.insert(
-                p.id,
-                PackState {
-                    size: p.size,
-                    blobs: p.blobs.clone(),
-                },
-            );
-        }
-    }
+    let indexed = |p: &PackId| packs.contains_key(p) && !gone.contains(p);
     let now = Marked {
-        used: &used,
-        after: &after,
+        scratch: &scratch,
+        indexed: &indexed,
         on_store: &on_store,
     };
     mark_and_remove(repo, opts, me, &done, marked, &replaced, now, report)
 }
 
+/// The blobs of `packs`, as the scratch database's sets take them.
+fn blobs_of(packs: &[IndexPack]) -> impl Iterator<Item = (BlobType, &BlobId)> {
+    packs
+        .iter()
+        .flat_map(|p| p.blobs.iter().map(|b| (b.ty, &b.id)))
+}
+
 /// What removing packs at once checks against.
 struct Marked<'a> {
-    used: &'a HashSet<(BlobType, BlobId)>,
-    after: &'a BTreeMap<PackId, PackState>,
+    scratch: &'a Scratch,
+    /// Whether the index (after this run's changes) names a pack.
+    indexed: &'a dyn Fn(&PackId) -> bool,
     on_store: &'a HashMap<PackId, u64>,
 }
 
@@ -528,42 +521,6 @@ fn write_deletion(repo: &IndexedRepository, del: &Deletion) -> Result<Id> {
             .create(&names::deletion(&id), Bytes::from(bytes)),
     )?;
     Ok(id)
-}
-
-/// Write index files naming every kept pack, then remove the files they replace.
-#[allow(clippy::too_many_arguments)]
-fn consolidate(
-    repo: &IndexedRepository,
-    packs: &BTreeMap<PackId, PackState>,
-    gone: &HashSet<PackId>,
-    index_files: &[(IndexId, IndexFile)],
-    rescue_files: &[(IndexId, IndexFile)],
-    new_files: &[(IndexId, IndexFile)],
-    report: &mut PruneReport,
-) -> Result<()> {
-    let mut kept: Vec<IndexPack> = packs
-        .iter()
-        .filter(|(id, _)| !gone.contains(id))
-        .map(|(id, p)| IndexPack {
-            id: *id,
-            size: p.size,
-            blobs: p.blobs.clone(),
-        })
-        .collect();
-    for (_, f) in new_files {
-        kept.extend(f.packs.iter().cloned());
-    }
-    let mut superseded: Vec<IndexId> = index_files.iter().map(|(id, _)| *id).collect();
-    superseded.extend(rescue_files.iter().map(|(id, _)| *id));
-    superseded.extend(new_files.iter().map(|(id, _)| *id));
-    let written = write_consolidated(repo, kept, &superseded)?;
-    report.index_files_after = written.len();
-    let written: HashSet<IndexId> = written.into_iter().collect();
-    let old: Vec<IndexId> = superseded
-        .into_iter()
-        .filter(|id| !written.contains(id))
-        .collect();
-    delete_all(repo, old.iter().map(names::index).collect())
 }
 
 /// Record `marked` for deletion with the backups that may use them, and remove them at
@@ -593,18 +550,12 @@ fn mark_and_remove(
     if wait_for.is_empty() {
         // No backup read the old index; a pack holding a used blob that no kept pack
         // holds (marked again from a dead prune's provisional record) goes back.
-        let indexed: HashSet<(BlobType, BlobId)> = state
-            .after
-            .values()
-            .flat_map(|p| p.blobs.iter().map(|b| (b.ty, b.id)))
-            .collect();
         let (restored, removed, freed, _) = carry_out(
             repo,
             &del_id,
             &del,
-            state.used,
-            state.after,
-            &indexed,
+            state.scratch,
+            state.indexed,
             state.on_store,
         )?;
         report.packs_restored += restored;
@@ -625,15 +576,16 @@ fn mark_and_remove(
     Ok(report)
 }
 
-/// Every blob the snapshots use: their trees, and the data blobs of their files.
-pub fn used_blobs(
+/// Put every blob the snapshots use (their trees, and the data blobs of their files)
+/// into the scratch database's used set.
+fn used_blobs(
     repo: &IndexedRepository,
     snapshots: &[(SnapshotId, format::Snapshot)],
-) -> Result<HashSet<(BlobType, BlobId)>> {
-    let mut used = HashSet::new();
+    scratch: &Scratch,
+) -> Result<()> {
     let mut stack: Vec<(BlobId, SnapshotId)> = Vec::new();
     for (sid, s) in snapshots {
-        if used.insert((BlobType::Tree, s.tree)) {
+        if scratch.insert_new(Set::Used, BlobType::Tree, &s.tree)? {
             stack.push((s.tree, *sid));
         }
     }
@@ -650,76 +602,102 @@ pub fn used_blobs(
             }
             e => e,
         })?;
+        // Data blobs go in one batch per tree, unchecked: writing one again is harmless.
+        let mut data = Vec::new();
         for n in &t.nodes {
             match &n.kind {
-                NodeKind::Dir { subtree } if used.insert((BlobType::Tree, *subtree)) => {
+                NodeKind::Dir { subtree }
+                    if scratch.insert_new(Set::Used, BlobType::Tree, subtree)? =>
+                {
                     stack.push((*subtree, sid));
                 }
                 NodeKind::File { content } => {
-                    used.extend(content.iter().map(|id| (BlobType::Data, *id)));
+                    data.extend(content.iter().copied());
                 }
                 _ => {}
             }
         }
+        scratch.insert_all(Set::Used, data.iter().map(|id| (BlobType::Data, id)))?;
     }
-    Ok(used)
+    Ok(())
 }
 
+/// The packs to delete and to repack. For each used blob, the pack whose copy is kept
+/// is recorded in the scratch database.
 #[derive(Debug, Default)]
 struct Plan {
     delete: Vec<PackId>,
     repack: Vec<PackId>,
-    /// For each used blob, the pack whose copy is kept.
-    keeper: HashMap<(BlobType, BlobId), PackId>,
 }
 
 fn plan(
-    packs: &BTreeMap<PackId, PackState>,
-    used: &HashSet<(BlobType, BlobId)>,
+    packs: &Packs,
+    scratch: &Scratch,
     opts: &PruneOptions,
     report: &mut PruneReport,
-) -> Plan {
+) -> Result<Plan> {
+    // Per pack: the bytes of its used blobs.
+    let mut used_in: HashMap<PackId, u64> = HashMap::with_capacity(packs.len());
+    scratch.for_each_used(|_, _, _, holders| {
+        for (p, len) in holders {
+            *used_in.entry(*p).or_default() += *len as u64;
+        }
+        Ok(())
+    })?;
     // A blob stored twice (two backups stored it at once) is kept where most of the
     // pack is used.
-    let used_in = |p: &PackState| -> u64 {
-        p.blobs
-            .iter()
-            .filter(|b| used.contains(&(b.ty, b.id)))
-            .map(|b| b.length as u64)
-            .sum()
-    };
-    let mut order: Vec<(&PackId, &PackState, u64)> =
-        packs.iter().map(|(id, p)| (id, p, used_in(p))).collect();
+    let mut order: Vec<(PackId, u64, u64)> = packs
+        .iter()
+        .map(|(id, size)| (*id, *size, used_in.get(id).copied().unwrap_or(0)))
+        .collect();
     order.sort_by(|a, b| {
-        let fa = a.2 as f64 / a.1.size.max(1) as f64;
-        let fb = b.2 as f64 / b.1.size.max(1) as f64;
-        fb.total_cmp(&fa).then(a.0.cmp(b.0))
+        let fa = a.2 as f64 / a.1.max(1) as f64;
+        let fb = b.2 as f64 / b.1.max(1) as f64;
+        fb.total_cmp(&fa).then(a.0.cmp(&b.0))
     });
+    let rank: HashMap<PackId, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _, _))| (*id, i))
+        .collect();
+    drop((order, used_in));
     let mut plan = Plan::default();
     let mut kept_bytes: HashMap<PackId, u64> = HashMap::new();
-    for (id, p, _) in &order {
-        for b in &p.blobs {
-            let k = (b.ty, b.id);
-            if used.contains(&k) && !plan.keeper.contains_key(&k) {
-                plan.keeper.insert(k, **id);
-                *kept_bytes.entry(**id).or_default() += b.length as u64;
+    let mut keepers = Vec::new();
+    scratch.for_each_used(|ty, id, _, holders| {
+        let first = holders
+            .iter()
+            .min_by_key(|(p, _)| rank.get(p).copied().unwrap_or(usize::MAX));
+        if let Some((pack, len)) = first {
+            *kept_bytes.entry(*pack).or_default() += *len as u64;
+            keepers.push((ty, id, *pack));
+            if keepers.len() >= 1 << 16 {
+                scratch.set_keepers(&keepers)?;
+                keepers.clear();
             }
         }
-    }
+        Ok(())
+    })?;
+    scratch.set_keepers(&keepers)?;
+    drop(keepers);
     let mut partly: Vec<(PackId, u64, u64)> = Vec::new(); // id, size, unused
-    for (id, p) in packs {
+    for (id, size) in packs {
         report.packs += 1;
-        report.pack_bytes += p.size;
+        report.pack_bytes += size;
         let kept = kept_bytes.get(id).copied().unwrap_or(0);
-        let blob_bytes: u64 = p.blobs.iter().map(|b| b.length as u64).sum();
-        let unused = blob_bytes - kept;
+        let blob_bytes: u64 = scratch
+            .pack_blobs(id)?
+            .iter()
+            .map(|b| b.length as u64)
+            .sum();
+        let unused = blob_bytes.saturating_sub(kept);
         report.used_bytes += kept;
         report.unused_bytes += unused;
         if kept == 0 {
             plan.delete.push(*id);
-            report.delete_bytes += p.size;
+            report.delete_bytes += size;
         } else if unused > 0 {
-            partly.push((*id, p.size, unused));
+            partly.push((*id, *size, unused));
         }
     }
     let mut unused_left: u64 = partly.iter().map(|p| p.2).sum();
@@ -752,20 +730,19 @@ fn plan(
     report.unused_bytes_after = unused_left;
     report.delete_packs = plan.delete.clone();
     report.repack_packs = plan.repack.clone();
-    plan
+    Ok(plan)
 }
 
 /// Copy the kept blobs of the packs to repack into new packs. Returns the index files
 /// the writer wrote and the bytes it uploaded.
 fn repack(
     repo: &IndexedRepository,
-    packs: &BTreeMap<PackId, PackState>,
-    plan: &Plan,
+    scratch: &Scratch,
+    pieces: Vec<Piece>,
 ) -> Result<(Vec<(IndexId, IndexFile)>, u64)> {
-    if plan.repack.is_empty() {
+    if pieces.is_empty() {
         return Ok((Vec::new(), 0));
     }
-    let pieces = pieces(packs, plan);
     let writer = repo.repack_writer();
     let connections = repo.options().connections.max(1);
     // Memory: the pieces in flight, one queued and one being copied, at most
@@ -796,8 +773,18 @@ fn repack(
     });
     let key = repo.key().clone();
     let copied = (|| {
+        // The kept blobs of the pack being copied, read again from the scratch database.
+        let mut current: Option<(PackId, Vec<PackBlob>)> = None;
         for (piece, bytes) in rx.iter() {
             let bytes = bytes?;
+            if current.as_ref().is_none_or(|(id, _)| *id != piece.pack) {
+                current = Some((piece.pack, kept_blobs(scratch, &piece.pack)?));
+            }
+            let blobs: Vec<&PackBlob> = current
+                .iter()
+                .flat_map(|(_, kept)| kept)
+                .filter(|b| b.offset >= piece.start && b.offset + b.length as u64 <= piece.end)
+                .collect();
             let name = names::pack(&piece.pack);
             let slice = |b: &PackBlob| {
                 let (s, e) = (
@@ -812,8 +799,7 @@ fn repack(
                 })
             };
             // Check every kept blob before it moves: repacking must not carry damage on.
-            piece
-                .blobs
+            blobs
                 .par_iter()
                 .map(|b| {
                     format::open_blob(&key, b.ty, &b.id, slice(b)?, Some(b.raw_length))
@@ -826,7 +812,7 @@ fn repack(
                         })
                 })
                 .collect::<Result<()>>()?;
-            for b in &piece.blobs {
+            for b in blobs {
                 writer.add_sealed(b.ty, b.id, slice(b)?, b.raw_length as usize)?;
             }
         }
@@ -839,12 +825,12 @@ fn repack(
     Ok((files, stats.bytes_added))
 }
 
-/// One ranged read of a pack being repacked: kept blobs close together.
+/// One ranged read of a pack being repacked: kept blobs close together. The blobs are
+/// not held: the copy finds them again by their offsets.
 struct Piece {
     pack: PackId,
     start: u64,
     end: u64,
-    blobs: Vec<PackBlob>,
 }
 
 /// Largest ranged read while repacking.
@@ -852,24 +838,28 @@ const MAX_PIECE: u64 = 4 << 20;
 /// Unused bytes between kept blobs that are read rather than skipped with a new request.
 const MAX_GAP: u64 = 256 << 10;
 
+/// The blobs of a pack to repack whose copy is kept, in pack order.
+fn kept_blobs(scratch: &Scratch, pack: &PackId) -> Result<Vec<PackBlob>> {
+    let mut keep = Vec::new();
+    for b in scratch.pack_blobs(pack)? {
+        if scratch.keeper(b.ty, &b.id)? == Some(Some(*pack)) {
+            keep.push(b);
+        }
+    }
+    keep.sort_by_key(|b| b.offset);
+    Ok(keep)
+}
+
 /// The kept blobs of the packs to repack, as ranged reads in pack order.
-fn pieces(packs: &BTreeMap<PackId, PackState>, plan: &Plan) -> Vec<Piece> {
+fn pieces(scratch: &Scratch, plan: &Plan) -> Result<Vec<Piece>> {
     let mut out = Vec::new();
     for id in &plan.repack {
-        let mut keep: Vec<PackBlob> = packs[id]
-            .blobs
-            .iter()
-            .filter(|b| plan.keeper.get(&(b.ty, b.id)) == Some(id))
-            .copied()
-            .collect();
-        keep.sort_by_key(|b| b.offset);
         let mut cur: Option<Piece> = None;
-        for b in keep {
+        for b in kept_blobs(scratch, id)? {
             let end = b.offset + b.length as u64;
             match &mut cur {
                 Some(p) if b.offset <= p.end + MAX_GAP && end - p.start <= MAX_PIECE => {
                     p.end = p.end.max(end);
-                    p.blobs.push(b);
                 }
                 _ => {
                     out.extend(cur.take());
@@ -877,14 +867,13 @@ fn pieces(packs: &BTreeMap<PackId, PackState>, plan: &Plan) -> Vec<Piece> {
                         pack: *id,
                         start: b.offset,
                         end,
-                        blobs: vec![b],
                     });
                 }
             }
         }
         out.extend(cur);
     }
-    out
+    Ok(out)
 }
 
 /// Blobs per consolidated index file.
@@ -892,33 +881,47 @@ const BLOBS_PER_INDEX_FILE: usize = 200_000;
 /// Index files smaller than half of that which make prune rewrite the index.
 const SMALL_INDEX_FILES: usize = 16;
 
+/// Write index files naming every pack of `packs` not `gone`, in pack order, the last
+/// of them superseding the files read. Returns the ids written.
 fn write_consolidated(
     repo: &IndexedRepository,
-    mut packs: Vec<IndexPack>,
+    scratch: &Scratch,
+    packs: &Packs,
+    gone: &HashSet<PackId>,
     superseded: &[IndexId],
 ) -> Result<Vec<IndexId>> {
-    packs.sort_by_key(|p| p.id);
-    let mut files: Vec<IndexFile> = Vec::new();
+    let mut ids = Vec::new();
     let mut cur = IndexFile::new(Vec::new());
     let mut n = 0;
-    for p in packs {
-        n += p.blobs.len();
-        cur.packs.push(p);
+    // A full file is written once another pack follows it, so that the last file
+    // written is the one that supersedes.
+    let mut full: Option<IndexFile> = None;
+    for (id, size) in packs.iter().filter(|(id, _)| !gone.contains(id)) {
+        if let Some(f) = full.take() {
+            ids.push(repo.block_on(repo.save_index(&f))?);
+        }
+        let blobs = scratch.pack_blobs(id)?;
+        n += blobs.len();
+        cur.packs.push(IndexPack {
+            id: *id,
+            size: *size,
+            blobs,
+        });
         if n >= BLOBS_PER_INDEX_FILE {
-            files.push(std::mem::replace(&mut cur, IndexFile::new(Vec::new())));
+            full = Some(std::mem::replace(&mut cur, IndexFile::new(Vec::new())));
             n = 0;
         }
     }
-    if !cur.packs.is_empty() || files.is_empty() {
-        files.push(cur);
-    }
-    if let Some(last) = files.last_mut() {
-        last.supersedes = superseded.to_vec();
-    }
-    let mut ids = Vec::new();
-    for f in &files {
-        ids.push(repo.block_on(repo.save_index(f))?);
-    }
+    let mut last = match full {
+        Some(f) if cur.packs.is_empty() => f,
+        Some(f) => {
+            ids.push(repo.block_on(repo.save_index(&f))?);
+            cur
+        }
+        None => cur,
+    };
+    last.supersedes = superseded.to_vec();
+    ids.push(repo.block_on(repo.save_index(&last))?);
     Ok(ids)
 }
 
@@ -971,22 +974,24 @@ fn carry_out(
     repo: &IndexedRepository,
     del_id: &Id,
     del: &Deletion,
-    used: &HashSet<(BlobType, BlobId)>,
-    packs: &BTreeMap<PackId, PackState>,
-    indexed: &HashSet<(BlobType, BlobId)>,
+    scratch: &Scratch,
+    indexed: &dyn Fn(&PackId) -> bool,
     on_store: &HashMap<PackId, u64>,
 ) -> Result<(usize, usize, u64, Option<(IndexId, IndexFile)>)> {
     let mut back = Vec::new();
     let mut remove = Vec::new();
     let mut freed = 0;
     for p in &del.packs {
-        if packs.contains_key(&p.id) {
+        if indexed(&p.id) {
             continue; // indexed again (a backup's late index file): it stays
         }
-        let needed = p
-            .blobs
-            .iter()
-            .any(|b| used.contains(&(b.ty, b.id)) && !indexed.contains(&(b.ty, b.id)));
+        let mut needed = false;
+        for b in &p.blobs {
+            if scratch.keeper(b.ty, &b.id)?.is_some() && !scratch.is_indexed(b.ty, &b.id)? {
+                needed = true;
+                break;
+            }
+        }
         if needed && on_store.contains_key(&p.id) {
             back.push(p.clone());
         } else {
