@@ -237,6 +237,73 @@ fn full_disk_with_direct_writes_stops_the_backup_too() {
     );
 }
 
+/// The file system of the cache directory is full when prune starts: prune stops with
+/// exit 1, naming the cache and what to do, and removes nothing; with room again it
+/// runs, and what it kept restores. (Prune's working sets and the index cache both live
+/// there; whichever cannot be written stops it.)
+#[test]
+fn full_cache_disk_stops_prune_before_it_removes_anything() {
+    if !crate::common::can_mount() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (src, mnt, out) = (
+        t.path().join("src"),
+        t.path().join("mnt"),
+        t.path().join("out"),
+    );
+    for d in [&src, &mnt, &out] {
+        std::fs::create_dir(d).unwrap();
+    }
+    std::fs::write(src.join("a"), data(300_000, 1)).unwrap();
+    std::fs::write(src.join("b"), data(300_000, 2)).unwrap();
+    let script = r#"
+        mount -t tmpfs -o size=4m tmpfs "$MNT" || exit 90
+        export CAIRN_REPOSITORY="$OUT/repo" CAIRN_CACHE_DIR="$MNT/cache"
+        "$BIN" -q init --kdf-memory-kib 1024 || exit 91
+        "$BIN" -q backup "$SRC" || exit 92
+        head -c 300000 /dev/urandom > "$SRC/a" || exit 93
+        "$BIN" -q backup "$SRC" || exit 94
+        "$BIN" -q forget --keep-last 1 || exit 95
+        ls -R "$OUT/repo/data" "$OUT/repo/index" > "$OUT/before"
+        rm -rf "$MNT/cache"
+        dd if=/dev/zero of="$MNT/ballast" bs=4k 2> /dev/null
+        "$BIN" -q prune 2> "$OUT/err"; echo $? > "$OUT/code"
+        ls -R "$OUT/repo/data" "$OUT/repo/index" > "$OUT/after"
+        rm "$MNT/ballast"
+        "$BIN" -q prune || exit 96
+        "$BIN" -q check --read-data || exit 97
+        "$BIN" -q restore latest --target "$OUT/back" || exit 98
+    "#;
+    let status = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", script])
+        .env("BIN", env!("CARGO_BIN_EXE_cairn"))
+        .env("CAIRN_PASSWORD", "pw")
+        .env("SRC", &src)
+        .env("MNT", &mnt)
+        .env("OUT", &out)
+        .status()
+        .unwrap();
+    if status.code() == Some(90) {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    assert!(status.success(), "the script failed: {status}");
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
+    let err = read("err");
+    assert_eq!(read("code").trim(), "1", "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains(&format!("{}/cache", mnt.display())), "{err}");
+    assert!(err.contains("make room there"), "{err}");
+    assert_eq!(
+        read("before"),
+        read("after"),
+        "prune changed the repository"
+    );
+    let back = out.join("back").join(src.strip_prefix("/").unwrap());
+    crate::common::assert_same_tree(&src, &back);
+}
+
 /// Run the full-disk scenario on the file system `mount` mounts at `$MNT` (exit 90 when
 /// it cannot), and `make_room` frees.
 fn full_disk(mount: &str, make_room: &str) {

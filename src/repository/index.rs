@@ -175,9 +175,13 @@ fn id_key(space: u8, id: &[u8; 32]) -> [u8; 33] {
 }
 
 pub(crate) fn cache_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    let mut message = e.to_string();
+    if message.contains("No space left on device") {
+        message.push_str("; make room there, or give --cache-dir on a file system with room");
+    }
     Error::Cache {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        message,
     }
 }
 

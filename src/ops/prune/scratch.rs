@@ -59,8 +59,16 @@ impl Scratch {
             })
             .map_err(|e| Error::io(std::env::temp_dir(), e))?;
         let mut o = db_options();
-        // Bulk loading: a larger memtable, still a constant.
-        o.set_write_buffer_size(16 << 20);
+        // Unlike the index cache's, the filter and index blocks of the tables go into
+        // the block cache: held by the table readers they grow with the number of blobs.
+        // Prune reads mostly in order, which needs few of them at a time.
+        let mut t = rocksdb::BlockBasedOptions::default();
+        t.set_bloom_filter(10.0, false);
+        t.set_block_cache(&rocksdb::Cache::new_lru_cache(16 << 20));
+        t.set_cache_index_and_filter_blocks(true);
+        o.set_block_based_table_factory(&t);
+        o.set_write_buffer_size(8 << 20);
+        o.set_max_write_buffer_number(2);
         let db = DB::open(&o, dir.path()).map_err(|e| cache_err(dir.path(), e))?;
         Ok(Scratch {
             db,
