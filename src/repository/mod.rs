@@ -376,16 +376,25 @@ impl Repository {
             names::INDEX,
         ))?;
         self.block_on(async {
+            // Each file is fetched by a task of its own, so downloads go on while `f`
+            // works; the files that arrive meanwhile wait whole in memory.
             let mut fetched = futures::stream::iter(listed)
-                .map(|id| async move {
-                    let name = names::index(&id);
-                    (id, self.backend.get(&name).await)
+                .map(|id| {
+                    let backend = self.backend.clone();
+                    let task = self.rt.spawn(async move {
+                        let name = names::index(&id);
+                        backend.get(&name).await
+                    });
+                    async move { (id, task.await) }
                 })
-                // Files that arrive while `f` is busy wait whole in memory.
                 .buffer_unordered(self.opts.connections.max(1));
             let mut bad = Vec::new();
             while let Some((id, bytes)) = fetched.next().await {
                 let name = names::index(&id);
+                let bytes = bytes.map_err(|e| Error::Backend {
+                    location: self.backend.location().to_string(),
+                    message: format!("reading {name}: {e}"),
+                })?;
                 match bytes.and_then(|b| {
                     format::open_object::<IndexFile>(&self.key, aad::INDEX, &name, &b)
                 }) {

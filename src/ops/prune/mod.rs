@@ -21,7 +21,7 @@
 //! Every step leaves the repository consistent when killed; a rerun picks up where it
 //! stopped (`docs/design.md`, "Prune beside backups", has the argument).
 
-use std::collections::btree_map::Entry;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -278,16 +278,28 @@ fn run(
     let mut packs: Packs = BTreeMap::new();
     // Each index file read, with the number of blobs it names.
     let mut index_files: Vec<(IndexId, usize)> = Vec::new();
+    // For a pack two index files name, the entry of the file with the lowest id is
+    // taken, whichever arrives first.
+    let mut named_by: HashMap<PackId, IndexId> = HashMap::new();
     let bad = repo.for_each_index_file(|id, f| {
         index_files.push((id, f.packs.iter().map(|p| p.blobs.len()).sum()));
         for p in &f.packs {
-            if let Entry::Vacant(e) = packs.entry(p.id) {
-                e.insert(p.size);
-                scratch.add_pack(p)?;
+            match named_by.entry(p.id) {
+                Entry::Vacant(e) => {
+                    e.insert(id);
+                }
+                Entry::Occupied(mut e) if id < *e.get() => {
+                    e.insert(id);
+                    scratch.remove_pack(&p.id)?;
+                }
+                Entry::Occupied(_) => continue,
             }
+            packs.insert(p.id, p.size);
+            scratch.add_pack(p)?;
         }
         Ok(())
     })?;
+    drop(named_by);
     if let Some((name, e)) = bad.first() {
         return Err(Error::integrity(
             name.clone(),
@@ -458,13 +470,16 @@ fn run(
                 .cloned(),
         );
     }
+    // A pack in the records of two dead prunes is marked once.
+    let mut seen = HashSet::new();
+    marked.retain(|p| seen.insert(p.id));
+    drop(seen);
     let mut replaced: Vec<Id> = provisional.iter().map(|(id, _)| *id).collect();
     fresh(me)?;
     if !gone.is_empty() {
-        replaced.push(write_deletion(
-            repo,
-            &Deletion::provisional(marked.clone()),
-        )?);
+        let record = Deletion::provisional(marked);
+        replaced.push(write_deletion(repo, &record)?);
+        marked = record.packs;
     }
     // The new packs join the working set: the consolidated index names them.
     let mut superseded: Vec<IndexId> = index_files.iter().map(|(id, _)| *id).collect();
@@ -987,7 +1002,7 @@ fn carry_out(
         }
         let mut needed = false;
         for b in &p.blobs {
-            if scratch.keeper(b.ty, &b.id)?.is_some() && !scratch.is_indexed(b.ty, &b.id)? {
+            if scratch.keeper(b.ty, &b.id)?.is_some() && !scratch.held_by(b.ty, &b.id, indexed)? {
                 needed = true;
                 break;
             }

@@ -12,8 +12,10 @@
 //! one.
 //!
 //! The database lives in a directory `prune-*` of the cache directory and is removed
-//! when prune ends. One a killed prune left is removed by the next prune: RocksDB's
-//! lock on it is released when its process ends.
+//! when prune ends. A prune holds the lock of the file `prune.lock` there while it runs;
+//! the one that takes it removes the `prune-*` directories of prunes that were killed
+//! (the lock ends with its process). A prune that finds the lock taken (a copy of the
+//! repository sharing the cache) leaves them.
 
 use std::path::{Path, PathBuf};
 
@@ -40,13 +42,15 @@ pub(super) struct Scratch {
     db: DB,
     path: PathBuf,
     _dir: tempfile::TempDir,
+    /// `prune.lock`, locked while this prune runs (when the lock could be taken).
+    _lock: Option<std::fs::File>,
 }
 
 impl Scratch {
     /// A fresh database under `cache` (created if missing), or under the system's
     /// temporary directory when `cache` cannot be written.
     pub(super) fn create(cache: &Path) -> Result<Self> {
-        remove_abandoned(cache);
+        let lock = lock_and_clean(cache);
         let dir = std::fs::create_dir_all(cache)
             .and_then(|()| tempfile::Builder::new().prefix("prune-").tempdir_in(cache))
             .or_else(|e| {
@@ -74,6 +78,7 @@ impl Scratch {
             db,
             path: dir.path().to_path_buf(),
             _dir: dir,
+            _lock: lock,
         })
     }
 
@@ -98,15 +103,36 @@ impl Scratch {
         self.write(batch)
     }
 
-    /// Whether a pack recorded with [`Scratch::add_pack`] holds the blob.
-    pub(super) fn is_indexed(&self, ty: BlobType, id: &BlobId) -> Result<bool> {
+    /// Forget a pack recorded with [`Scratch::add_pack`].
+    pub(super) fn remove_pack(&self, id: &PackId) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for b in self.pack_blobs(id)? {
+            batch.delete(holder_key(b.ty, &b.id, id));
+        }
+        batch.delete(pack_key(id));
+        self.write(batch)
+    }
+
+    /// Whether a recorded pack for which `counts` is true holds the blob.
+    pub(super) fn held_by(
+        &self,
+        ty: BlobType,
+        id: &BlobId,
+        counts: impl Fn(&PackId) -> bool,
+    ) -> Result<bool> {
         let prefix = space_key(INDEXED, ty, id);
         let mut it = self.db.raw_iterator();
         it.seek(prefix);
-        match it.key() {
-            Some(k) => Ok(k.starts_with(&prefix)),
-            None => it.status().map(|()| false).map_err(|e| self.err(e)),
+        while let Some(k) = it.key() {
+            if k.len() != 66 || !k.starts_with(&prefix) {
+                break;
+            }
+            if counts(&PackId(Id(k[34..].try_into().expect("66-byte key")))) {
+                return Ok(true);
+            }
+            it.next();
         }
+        it.status().map(|()| false).map_err(|e| self.err(e))
     }
 
     /// The blobs of a pack recorded with [`Scratch::add_pack`].
@@ -238,35 +264,31 @@ fn pack_key(id: &PackId) -> [u8; 33] {
     k
 }
 
-/// Remove the working directories of prunes that were killed: those whose database no
-/// process holds open.
-fn remove_abandoned(cache: &Path) {
-    let Ok(entries) = std::fs::read_dir(cache) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        let is_ours = e.file_name().to_string_lossy().starts_with("prune-");
-        if !is_ours || !path.is_dir() {
-            continue;
-        }
-        let mut o = rocksdb::Options::default();
-        o.create_if_missing(false);
-        // Opening fails on the lock while a live prune holds the database.
-        match DB::open(&o, &path) {
-            Ok(db) => {
-                drop(db);
-                if let Err(e) = std::fs::remove_dir_all(&path) {
-                    tracing::warn!("cannot remove {}: {e}", path.display());
-                }
-            }
-            Err(e) if e.to_string().contains("lock") => {}
-            Err(_) => {
-                // Not a database (killed before it was made): nothing holds it.
-                let _ = std::fs::remove_dir_all(&path);
+/// Take the lock of `prune.lock` in `cache` and, when it is taken, remove the working
+/// directories of prunes that were killed. Without the lock (a copy of the repository
+/// sharing the cache is being pruned, or the file cannot be made) nothing is removed.
+fn lock_and_clean(cache: &Path) -> Option<std::fs::File> {
+    let path = cache.join("prune.lock");
+    let file = std::fs::create_dir_all(cache)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+        })
+        .ok()?;
+    // flock(2): released when the process ends, however it ends.
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).ok()?;
+    for e in std::fs::read_dir(cache).into_iter().flatten().flatten() {
+        let ours = e.file_name().to_string_lossy().starts_with("prune-");
+        if ours && e.file_type().is_ok_and(|t| t.is_dir()) {
+            if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                tracing::warn!("cannot remove {}: {err}", e.path().display());
             }
         }
     }
+    Some(file)
 }
 
 #[cfg(test)]
@@ -345,9 +367,18 @@ mod tests {
                 (BlobType::Tree, id(2), vec![(p7, 92)]),
             ]
         );
-        assert!(s.is_indexed(BlobType::Data, &id(1)).unwrap());
-        assert!(!s.is_indexed(BlobType::Data, &id(3)).unwrap());
-        assert!(!s.is_indexed(BlobType::Tree, &id(4)).unwrap());
+        let all = |_: &PackId| true;
+        assert!(s.held_by(BlobType::Data, &id(1), all).unwrap());
+        assert!(!s.held_by(BlobType::Data, &id(3), all).unwrap());
+        assert!(!s.held_by(BlobType::Tree, &id(4), all).unwrap());
+        // Only the packs that count: blob 2 is in both, blob 4 only in pack 8.
+        let not_8 = |p: &PackId| *p != p8;
+        assert!(s.held_by(BlobType::Data, &id(2), not_8).unwrap());
+        assert!(!s.held_by(BlobType::Data, &id(4), not_8).unwrap());
+        s.remove_pack(&p8).unwrap();
+        assert!(!s.held_by(BlobType::Data, &id(4), all).unwrap());
+        assert!(s.held_by(BlobType::Data, &id(2), all).unwrap());
+        assert!(s.pack_blobs(&p8).is_err());
     }
 
     #[test]
@@ -364,16 +395,23 @@ mod tests {
     #[test]
     fn the_working_directory_goes_with_the_prune_and_a_killed_ones_with_the_next() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Scratch::create(dir.path()).unwrap();
-        let live = s.path.clone();
-        // A killed prune's directory: a database nobody holds.
+        // A killed prune's directory: nobody holds the lock.
         let dead = dir.path().join("prune-dead");
         drop(DB::open(&db_options(), &dead).unwrap());
-        let s2 = Scratch::create(dir.path()).unwrap();
+        let s = Scratch::create(dir.path()).unwrap();
         assert!(!dead.exists(), "a killed prune's directory is removed");
+        let live = s.path.clone();
+        // A second prune on the same cache (a copy of the repository) finds the lock
+        // taken and removes nothing.
+        let s2 = Scratch::create(dir.path()).unwrap();
         assert!(live.exists(), "a running prune's directory stays");
         drop(s);
         drop(s2);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("prune.lock")]);
     }
 }
