@@ -12,7 +12,7 @@ rounds=${2:-3}
 bins=${CAIRN_BINS:-now=target/release/cairn}
 [ -x target/release/cairn ] || cargo build --release --locked
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/cairn-prunemem.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+[ -n "${KEEP_WORK:-}" ] || trap 'rm -rf "$work"' EXIT
 export CAIRN_PASSWORD=bench
 gen() { # gen ROUND: file k holds "file k k*7919", with the round appended when k is even
   python3 - "$work/src" "$files" "$1" <<'PY'

@@ -259,6 +259,8 @@ fn run(
         .collect();
     let ended = |op: &Id| done.contains(op) || !locks.ops.contains_key(op);
 
+    let started = Instant::now();
+    let step = |what: &str| tracing::debug!("prune: {what} after {:.1?}", started.elapsed());
     // 2. Snapshots and the blobs they use.
     if let Some((name, e)) = damaged.first() {
         return Err(Error::integrity(
@@ -332,8 +334,10 @@ fn run(
         ));
     }
 
+    step("index read");
     used_blobs(repo, &snapshots, &scratch)?;
 
+    step("index and used blobs recorded");
     // 4. Earlier deletion records.
     let mut pending_packs: HashSet<PackId> = HashSet::new();
     let mut rescue_files: Vec<IndexId> = Vec::new();
@@ -385,6 +389,7 @@ fn run(
         report.bytes_freed += freed;
     }
 
+    step("earlier deletion records handled");
     // 5. Plan.
     let mut missing_blobs = 0;
     let mut first_missing = None;
@@ -442,6 +447,7 @@ fn run(
         return Ok(report);
     }
 
+    step("planned");
     // 6. Repack, then one consolidated index in place of all the files read. Rewriting
     // the index makes every client rebuild its cache, so it happens only when packs go
     // or small index files (a backup writes at least one) have piled up.
@@ -453,6 +459,7 @@ fn run(
         .iter()
         .filter(|(_, blobs)| *blobs < BLOBS_PER_INDEX_FILE / 2)
         .count();
+    step("repacked");
     // 7. Mark. A provisional record first, so that readers find the packs leaving
     // the index at every moment; the final one once the backups to wait for are known.
     for id in &gone {
@@ -500,6 +507,7 @@ fn run(
         let old = superseded.iter().filter(|id| !written.contains(id));
         delete_all(repo, old.map(names::index).collect())?;
     }
+    step("index written");
     if marked.is_empty() {
         return Ok(report);
     }
@@ -855,12 +863,14 @@ const MAX_GAP: u64 = 256 << 10;
 
 /// The blobs of a pack to repack whose copy is kept, in pack order.
 fn kept_blobs(scratch: &Scratch, pack: &PackId) -> Result<Vec<PackBlob>> {
-    let mut keep = Vec::new();
-    for b in scratch.pack_blobs(pack)? {
-        if scratch.keeper(b.ty, &b.id)? == Some(Some(*pack)) {
-            keep.push(b);
-        }
-    }
+    let blobs = scratch.pack_blobs(pack)?;
+    let keepers = scratch.keepers(&blobs)?;
+    let mut keep: Vec<PackBlob> = blobs
+        .into_iter()
+        .zip(keepers)
+        .filter(|(_, k)| *k == Some(Some(*pack)))
+        .map(|(b, _)| b)
+        .collect();
     keep.sort_by_key(|b| b.offset);
     Ok(keep)
 }
@@ -996,13 +1006,14 @@ fn carry_out(
     let mut back = Vec::new();
     let mut remove = Vec::new();
     let mut freed = 0;
+    let mut holders = scratch.holders();
     for p in &del.packs {
         if indexed(&p.id) {
             continue; // indexed again (a backup's late index file): it stays
         }
         let mut needed = false;
-        for b in &p.blobs {
-            if scratch.keeper(b.ty, &b.id)?.is_some() && !scratch.held_by(b.ty, &b.id, indexed)? {
+        for (b, keeper) in p.blobs.iter().zip(scratch.keepers(&p.blobs)?) {
+            if keeper.is_some() && !holders.held_by(b.ty, &b.id, indexed)? {
                 needed = true;
                 break;
             }

@@ -63,14 +63,6 @@ impl Scratch {
             })
             .map_err(|e| Error::io(std::env::temp_dir(), e))?;
         let mut o = db_options();
-        // Unlike the index cache's, the filter and index blocks of the tables go into
-        // the block cache: held by the table readers they grow with the number of blobs.
-        // Prune reads mostly in order, which needs few of them at a time.
-        let mut t = rocksdb::BlockBasedOptions::default();
-        t.set_bloom_filter(10.0, false);
-        t.set_block_cache(&rocksdb::Cache::new_lru_cache(16 << 20));
-        t.set_cache_index_and_filter_blocks(true);
-        o.set_block_based_table_factory(&t);
         o.set_write_buffer_size(8 << 20);
         o.set_max_write_buffer_number(2);
         let db = DB::open(&o, dir.path()).map_err(|e| cache_err(dir.path(), e))?;
@@ -114,25 +106,22 @@ impl Scratch {
     }
 
     /// Whether a recorded pack for which `counts` is true holds the blob.
+    #[cfg(test)]
     pub(super) fn held_by(
         &self,
         ty: BlobType,
         id: &BlobId,
         counts: impl Fn(&PackId) -> bool,
     ) -> Result<bool> {
-        let prefix = space_key(INDEXED, ty, id);
-        let mut it = self.db.raw_iterator();
-        it.seek(prefix);
-        while let Some(k) = it.key() {
-            if k.len() != 66 || !k.starts_with(&prefix) {
-                break;
-            }
-            if counts(&PackId(Id(k[34..].try_into().expect("66-byte key")))) {
-                return Ok(true);
-            }
-            it.next();
+        self.holders().held_by(ty, id, counts)
+    }
+
+    /// A reader of the packs recording each blob, for many questions in a row.
+    pub(super) fn holders(&self) -> Holders<'_> {
+        Holders {
+            it: self.db.raw_iterator(),
+            scratch: self,
         }
-        it.status().map(|()| false).map_err(|e| self.err(e))
     }
 
     /// The blobs of a pack recorded with [`Scratch::add_pack`].
@@ -188,12 +177,29 @@ impl Scratch {
 
     /// For a used blob, `Some(pack keeping it)` (`Some(None)` before one is chosen);
     /// `None` for a blob no snapshot uses.
+    #[cfg(test)]
     pub(super) fn keeper(&self, ty: BlobType, id: &BlobId) -> Result<Option<Option<PackId>>> {
         let v = self
             .db
             .get_pinned(space_key(Set::Used as u8, ty, id))
             .map_err(|e| self.err(e))?;
         Ok(v.map(|v| <[u8; 32]>::try_from(&v[..]).ok().map(|b| PackId(Id(b)))))
+    }
+
+    /// [`Scratch::keeper`] of each of `blobs`, read in one batch.
+    pub(super) fn keepers(&self, blobs: &[PackBlob]) -> Result<Vec<Option<Option<PackId>>>> {
+        let keys: Vec<[u8; 34]> = blobs
+            .iter()
+            .map(|b| space_key(Set::Used as u8, b.ty, &b.id))
+            .collect();
+        self.db
+            .multi_get(&keys)
+            .into_iter()
+            .map(|v| {
+                let v = v.map_err(|e| self.err(e))?;
+                Ok(v.map(|v| <[u8; 32]>::try_from(&v[..]).ok().map(|b| PackId(Id(b)))))
+            })
+            .collect()
     }
 
     /// Set the keepers of used blobs.
@@ -247,6 +253,38 @@ impl Scratch {
             used.next();
         }
         used.status().map_err(|e| self.err(e))
+    }
+}
+
+/// See [`Scratch::holders`]: one iterator, sought again for each blob.
+pub(super) struct Holders<'a> {
+    it: rocksdb::DBRawIterator<'a>,
+    scratch: &'a Scratch,
+}
+
+impl Holders<'_> {
+    /// Whether a recorded pack for which `counts` is true holds the blob.
+    pub(super) fn held_by(
+        &mut self,
+        ty: BlobType,
+        id: &BlobId,
+        counts: impl Fn(&PackId) -> bool,
+    ) -> Result<bool> {
+        let prefix = space_key(INDEXED, ty, id);
+        self.it.seek(prefix);
+        while let Some(k) = self.it.key() {
+            if k.len() != 66 || !k.starts_with(&prefix) {
+                break;
+            }
+            if counts(&PackId(Id(k[34..].try_into().expect("66-byte key")))) {
+                return Ok(true);
+            }
+            self.it.next();
+        }
+        self.it
+            .status()
+            .map(|()| false)
+            .map_err(|e| self.scratch.err(e))
     }
 }
 
