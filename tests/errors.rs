@@ -1,5 +1,7 @@
 //! Bad input gets a clear error and the right exit code, and nothing is lost.
 
+use std::path::Path;
+
 use crate::common::{Repo, data, tree_state};
 
 #[test]
@@ -275,20 +277,9 @@ fn full_cache_disk_stops_prune_before_it_removes_anything() {
         "$BIN" -q check --read-data || exit 97
         "$BIN" -q restore latest --target "$OUT/back" || exit 98
     "#;
-    let status = std::process::Command::new("unshare")
-        .args(["-m", "sh", "-c", script])
-        .env("BIN", env!("CARGO_BIN_EXE_cairn"))
-        .env("CAIRN_PASSWORD", "pw")
-        .env("SRC", &src)
-        .env("MNT", &mnt)
-        .env("OUT", &out)
-        .status()
-        .unwrap();
-    if status.code() == Some(90) {
-        eprintln!("skipped: cannot mount a tmpfs here");
+    if !unshared(script, &src, &mnt, &out) {
         return;
     }
-    assert!(status.success(), "the script failed: {status}");
     let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
     let err = read("err");
     assert_eq!(read("code").trim(), "1", "{err}");
@@ -302,6 +293,28 @@ fn full_cache_disk_stops_prune_before_it_removes_anything() {
     );
     let back = out.join("back").join(src.strip_prefix("/").unwrap());
     crate::common::assert_same_tree(&src, &back);
+}
+
+/// Run `script` with `sh` in a mount namespace of its own, with the cairn binary in
+/// `$BIN` and the three directories in `$SRC`, `$MNT` and `$OUT`. False when the script
+/// exits 90 (it cannot mount its file system here: the test is skipped); any other
+/// failure fails the test.
+fn unshared(script: &str, src: &Path, mnt: &Path, out: &Path) -> bool {
+    let status = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", script])
+        .env("BIN", env!("CARGO_BIN_EXE_cairn"))
+        .env("CAIRN_PASSWORD", "pw")
+        .env("SRC", src)
+        .env("MNT", mnt)
+        .env("OUT", out)
+        .status()
+        .unwrap();
+    if status.code() == Some(90) {
+        eprintln!("skipped: cannot mount the file system here");
+        return false;
+    }
+    assert!(status.success(), "the script failed: {status}");
+    true
 }
 
 /// Run the full-disk scenario on the file system `mount` mounts at `$MNT` (exit 90 when
@@ -336,20 +349,9 @@ fn full_disk(mount: &str, make_room: &str) {
         "$BIN" -q restore latest --target "$OUT/back" || exit 96
     "#
     );
-    let status = std::process::Command::new("unshare")
-        .args(["-m", "sh", "-c", &script])
-        .env("BIN", env!("CARGO_BIN_EXE_cairn"))
-        .env("CAIRN_PASSWORD", "pw")
-        .env("SRC", &src)
-        .env("MNT", &mnt)
-        .env("OUT", &out)
-        .status()
-        .unwrap();
-    if status.code() == Some(90) {
-        eprintln!("skipped: cannot mount the file system here ({mount})");
+    if !unshared(&script, &src, &mnt, &out) {
         return;
     }
-    assert!(status.success(), "the script failed: {status}");
     let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
     let err = read("err");
     assert_eq!(read("code").trim(), "1", "{err}");
