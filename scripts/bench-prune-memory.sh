@@ -4,7 +4,8 @@
 # contents and are backed up again, so each round adds FILES/2 blobs; after each round
 # `prune --dry-run` is measured. At the end all snapshots but the last are forgotten and
 # a real prune is measured. Usage: scripts/bench-prune-memory.sh [FILES] [ROUNDS]
-# (defaults 300000 and 3). Extra binaries to compare: CAIRN_BINS="a=path b=path".
+# (defaults 300000 and 3). Binaries to compare: CAIRN_BINS="a=path b=path" (the last
+# one prunes the repository for real at the end, and checks it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 files=${1:-300000}
@@ -32,6 +33,8 @@ PY
 measure() { /usr/bin/time -f "%M %e" "$@" 2>&1 >/dev/null | tail -1; }
 first=${bins%% *}
 first=${first#*=}
+last=${bins##* }
+last=${last#*=}
 export CAIRN_REPOSITORY="$work/repo" CAIRN_CACHE_DIR="$work/cache"
 "$first" init -q --kdf-memory-kib 64
 echo "blobs | binary | prune --dry-run peak RSS (MiB) | seconds"
@@ -55,6 +58,6 @@ for b in $bins; do
 done
 rm -rf "$work/repo" "$work/cache"
 cp -a "$work/repo.before" "$work/repo"
-"$first" prune -q
-"$first" check -q --read-data
-echo "check --read-data after prune: no damage found"
+"$last" prune -q
+"$last" check -q --read-data
+echo "check --read-data after a prune by $last: no damage found"
