@@ -20,6 +20,10 @@
 //!
 //! Every step leaves the repository consistent when killed; a rerun picks up where it
 //! stopped (`docs/design.md`, "Prune beside backups", has the argument).
+//!
+//! The working sets (what each pack holds, the used blobs, which copy of each is kept)
+//! live in a RocksDB database of their own ([`scratch`]), so that memory does not grow
+//! with the repository; what stays in memory is per pack, or what this run removes.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
