@@ -391,10 +391,16 @@ impl Repository {
             let mut bad = Vec::new();
             while let Some((id, bytes)) = fetched.next().await {
                 let name = names::index(&id);
-                let bytes = bytes.map_err(|e| Error::Backend {
-                    location: self.backend.location().to_string(),
-                    message: format!("reading {name}: {e}"),
-                })?;
+                let bytes = match bytes {
+                    Ok(b) => b,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(e) => {
+                        return Err(Error::Backend {
+                            location: self.backend.location().to_string(),
+                            message: format!("reading {name}: {e}"),
+                        });
+                    }
+                };
                 match bytes.and_then(|b| {
                     format::open_object::<IndexFile>(&self.key, aad::INDEX, &name, &b)
                 }) {

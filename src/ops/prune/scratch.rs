@@ -12,10 +12,13 @@
 //! one.
 //!
 //! The database lives in a directory `prune-*` of the cache directory and is removed
-//! when prune ends. A prune holds the lock of the file `prune.lock` there while it runs;
-//! the one that takes it removes the `prune-*` directories of prunes that were killed
-//! (the lock ends with its process). A prune that finds the lock taken (a copy of the
-//! repository sharing the cache) leaves them.
+//! when prune ends. Each prune holds a lock (flock) on the file `owner` in its directory
+//! while it runs; the lock ends with its process, however it ends. A new prune, holding
+//! the lock of `prune.lock` in the cache directory while it looks, removes the `prune-*`
+//! directories whose `owner` it can lock (their prune was killed), then makes its own
+//! and locks its `owner` before letting go of `prune.lock`. So a directory is never
+//! without a live owner's lock while another prune looks (two copies of a repository
+//! share a cache directory).
 
 use std::path::{Path, PathBuf};
 
@@ -42,26 +45,29 @@ pub(super) struct Scratch {
     db: DB,
     path: PathBuf,
     _dir: tempfile::TempDir,
-    /// `prune.lock`, locked while this prune runs (when the lock could be taken).
-    _lock: Option<std::fs::File>,
+    /// `owner` in the directory, locked while this prune runs (when it could be).
+    _owner: Option<std::fs::File>,
 }
 
 impl Scratch {
     /// A fresh database under `cache` (created if missing), or under the system's
     /// temporary directory when `cache` cannot be written.
     pub(super) fn create(cache: &Path) -> Result<Self> {
-        let lock = lock_and_clean(cache);
-        let dir = std::fs::create_dir_all(cache)
-            .and_then(|()| tempfile::Builder::new().prefix("prune-").tempdir_in(cache))
-            .or_else(|e| {
+        let (dir, owner) = match make_dir(cache) {
+            Ok(made) => made,
+            Err(e) => {
                 tracing::warn!(
                     "cannot make prune's working directory in {}: {e}; using the system's \
                      temporary directory",
                     cache.display()
                 );
-                tempfile::Builder::new().prefix("cairn-prune-").tempdir()
-            })
-            .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+                let dir = tempfile::Builder::new()
+                    .prefix("cairn-prune-")
+                    .tempdir()
+                    .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+                (dir, None)
+            }
+        };
         let mut o = db_options();
         o.set_write_buffer_size(8 << 20);
         o.set_max_write_buffer_number(2);
@@ -70,7 +76,7 @@ impl Scratch {
             db,
             path: dir.path().to_path_buf(),
             _dir: dir,
-            _lock: lock,
+            _owner: owner,
         })
     }
 
@@ -302,31 +308,69 @@ fn pack_key(id: &PackId) -> [u8; 33] {
     k
 }
 
-/// Take the lock of `prune.lock` in `cache` and, when it is taken, remove the working
-/// directories of prunes that were killed. Without the lock (a copy of the repository
-/// sharing the cache is being pruned, or the file cannot be made) nothing is removed.
-fn lock_and_clean(cache: &Path) -> Option<std::fs::File> {
-    let path = cache.join("prune.lock");
-    let file = std::fs::create_dir_all(cache)
-        .and_then(|()| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-        })
-        .ok()?;
-    // flock(2): released when the process ends, however it ends.
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).ok()?;
-    for e in std::fs::read_dir(cache).into_iter().flatten().flatten() {
-        let ours = e.file_name().to_string_lossy().starts_with("prune-");
-        if ours && e.file_type().is_ok_and(|t| t.is_dir()) {
-            if let Err(err) = std::fs::remove_dir_all(e.path()) {
-                tracing::warn!("cannot remove {}: {err}", e.path().display());
+/// Make this prune's working directory in `cache` and lock its `owner`, first removing
+/// the directories of killed prunes; all while holding the lock of `prune.lock`. Where
+/// the file system takes no locks, nothing is removed and the directory is made anyway.
+fn make_dir(cache: &Path) -> std::io::Result<(tempfile::TempDir, Option<std::fs::File>)> {
+    std::fs::create_dir_all(cache)?;
+    let guard = lock_file(&cache.join("prune.lock"), true);
+    if guard.is_some() {
+        for e in std::fs::read_dir(cache)?.flatten() {
+            let name = e.file_name();
+            if !name.to_string_lossy().starts_with("prune-")
+                || !e.file_type().is_ok_and(|t| t.is_dir())
+            {
+                continue;
+            }
+            // No `owner` at all: made by a prune killed before it locked one.
+            let owner = e.path().join("owner");
+            let dead = !owner.exists() || lock_file(&owner, false).is_some();
+            if dead {
+                if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                    tracing::warn!("cannot remove {}: {err}", e.path().display());
+                }
             }
         }
     }
-    Some(file)
+    let dir = tempfile::Builder::new()
+        .prefix("prune-")
+        .tempdir_in(cache)?;
+    let owner = lock_file(&dir.path().join("owner"), false);
+    drop(guard);
+    Ok((dir, owner))
+}
+
+/// Open (or create) `path` and lock it (flock(2)), waiting for the lock when `wait`.
+/// None when it cannot be opened or locked; the reason is logged.
+fn lock_file(path: &Path, wait: bool) -> Option<std::fs::File> {
+    use rustix::fs::FlockOperation;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .or_else(|_| std::fs::File::open(path));
+    let file = match file {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!("cannot open {}: {e}", path.display());
+            return None;
+        }
+    };
+    let how = if wait {
+        FlockOperation::LockExclusive
+    } else {
+        FlockOperation::NonBlockingLockExclusive
+    };
+    match rustix::fs::flock(&file, how) {
+        Ok(()) => Some(file),
+        Err(e) => {
+            if e != rustix::io::Errno::WOULDBLOCK {
+                tracing::debug!("cannot lock {}: {e}", path.display());
+            }
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -433,18 +477,26 @@ mod tests {
     #[test]
     fn the_working_directory_goes_with_the_prune_and_a_killed_ones_with_the_next() {
         let dir = tempfile::tempdir().unwrap();
-        // A killed prune's directory: nobody holds the lock.
+        // Killed prunes' directories: one whose owner nobody holds, one killed before
+        // it had an owner.
         let dead = dir.path().join("prune-dead");
-        drop(DB::open(&db_options(), &dead).unwrap());
-        let s = Scratch::create(dir.path()).unwrap();
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join("owner"), b"").unwrap();
+        let unowned = dir.path().join("prune-unowned");
+        drop(DB::open(&db_options(), &unowned).unwrap());
+        let a = Scratch::create(dir.path()).unwrap();
         assert!(!dead.exists(), "a killed prune's directory is removed");
-        let live = s.path.clone();
-        // A second prune on the same cache (a copy of the repository) finds the lock
-        // taken and removes nothing.
-        let s2 = Scratch::create(dir.path()).unwrap();
-        assert!(live.exists(), "a running prune's directory stays");
-        drop(s);
-        drop(s2);
+        assert!(!unowned.exists(), "a directory without an owner is removed");
+        // Prunes on the same cache (copies of a repository) leave each other's
+        // directories alone, also after the first of them has ended.
+        let b = Scratch::create(dir.path()).unwrap();
+        assert!(a.path.exists());
+        let b_dir = b.path.clone();
+        drop(a);
+        let c = Scratch::create(dir.path()).unwrap();
+        assert!(b_dir.exists(), "a running prune's directory stays");
+        drop(b);
+        drop(c);
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .flatten()
