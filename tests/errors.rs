@@ -1,6 +1,6 @@
 //! Bad input gets a clear error and the right exit code, and nothing is lost.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::common::{Repo, data, tree_state};
 
@@ -245,18 +245,9 @@ fn full_disk_with_direct_writes_stops_the_backup_too() {
 /// there; whichever cannot be written stops it.)
 #[test]
 fn full_cache_disk_stops_prune_before_it_removes_anything() {
-    if !crate::common::can_mount() {
+    let Some((_t, src, mnt, out)) = scenario_dirs() else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let (src, mnt, out) = (
-        t.path().join("src"),
-        t.path().join("mnt"),
-        t.path().join("out"),
-    );
-    for d in [&src, &mnt, &out] {
-        std::fs::create_dir(d).unwrap();
-    }
+    };
     std::fs::write(src.join("a"), data(300_000, 1)).unwrap();
     std::fs::write(src.join("b"), data(300_000, 2)).unwrap();
     let script = r#"
@@ -295,6 +286,21 @@ fn full_cache_disk_stops_prune_before_it_removes_anything() {
     crate::common::assert_same_tree(&src, &back);
 }
 
+/// A temporary directory with `src`, `mnt` and `out` in it, for a scenario run by
+/// [`unshared`]; None where mounts are not allowed (the test is skipped).
+fn scenario_dirs() -> Option<(tempfile::TempDir, PathBuf, PathBuf, PathBuf)> {
+    if !crate::common::can_mount() {
+        return None;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dirs = ["src", "mnt", "out"].map(|d| t.path().join(d));
+    for d in &dirs {
+        std::fs::create_dir(d).unwrap();
+    }
+    let [src, mnt, out] = dirs;
+    Some((t, src, mnt, out))
+}
+
 /// Run `script` with `sh` in a mount namespace of its own, with the cairn binary in
 /// `$BIN` and the three directories in `$SRC`, `$MNT` and `$OUT`. False when the script
 /// exits 90 (it cannot mount its file system here: the test is skipped); any other
@@ -320,18 +326,9 @@ fn unshared(script: &str, src: &Path, mnt: &Path, out: &Path) -> bool {
 /// Run the full-disk scenario on the file system `mount` mounts at `$MNT` (exit 90 when
 /// it cannot), and `make_room` frees.
 fn full_disk(mount: &str, make_room: &str) {
-    if !crate::common::can_mount() {
+    let Some((_t, src, mnt, out)) = scenario_dirs() else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let (src, mnt, out) = (
-        t.path().join("src"),
-        t.path().join("mnt"),
-        t.path().join("out"),
-    );
-    for d in [&src, &mnt, &out] {
-        std::fs::create_dir(d).unwrap();
-    }
+    };
     // Incompressible, so it does not fit in 6 MiB stored either.
     std::fs::write(src.join("big"), data(12 << 20, 5)).unwrap();
     std::fs::write(src.join("small"), data(10_000, 6)).unwrap();
