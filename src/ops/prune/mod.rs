@@ -222,9 +222,39 @@ fn clean_locks(repo: &Repository, locks: &Locks, me: &Announcement) -> usize {
     n - removed.iter().filter(|r| r.is_err()).count()
 }
 
-/// The packs of the index, with their sizes on the store; what they hold is in the
-/// scratch database.
-type Packs = BTreeMap<PackId, u64>;
+/// The packs of the index; what they hold is in the scratch database.
+type Packs = BTreeMap<PackId, PackInfo>;
+
+/// What prune keeps in memory of a pack.
+#[derive(Debug, Clone, Copy)]
+struct PackInfo {
+    /// Size on the store.
+    size: u64,
+    /// Sealed bytes of all its blobs (the rest is its header).
+    blob_bytes: u64,
+}
+
+impl PackInfo {
+    fn of(p: &IndexPack) -> Self {
+        PackInfo {
+            size: p.size,
+            blob_bytes: p.blobs.iter().map(|b| b.length as u64).sum(),
+        }
+    }
+}
+
+/// A record's packs waiting for operations, for the report.
+fn waiting_line(del_id: &Id, packs: usize, ops: &[&Id], locks: &Locks) -> String {
+    let who: Vec<String> = ops
+        .iter()
+        .filter_map(|op| locks.ops.get(*op).map(|o| o.describe()))
+        .collect();
+    format!(
+        "{packs} packs of {} wait for {}",
+        names::deletion(del_id),
+        who.join(", ")
+    )
+}
 
 #[allow(clippy::type_complexity)]
 fn run(
@@ -300,7 +330,7 @@ fn run(
                 }
                 Entry::Occupied(_) => continue,
             }
-            packs.insert(p.id, p.size);
+            packs.insert(p.id, PackInfo::of(p));
             scratch.add_pack(p)?;
         }
         Ok(())
@@ -328,12 +358,12 @@ fn run(
             ),
         ));
     }
-    if let Some((p, size)) = packs.iter().find(|(p, size)| on_store[p] != **size) {
+    if let Some((p, info)) = packs.iter().find(|(p, i)| on_store[p] != i.size) {
         return Err(Error::integrity(
             names::pack(p),
             format!(
-                "{} bytes on the store, {size} in the index; prune stops. Run `cairn check --read-data`",
-                on_store[p]
+                "{} bytes on the store, {} in the index; prune stops. Run `cairn check --read-data`",
+                on_store[p], info.size
             ),
         ));
     }
@@ -356,16 +386,8 @@ fn run(
         }
         let waiting: Vec<_> = del.wait_for.iter().filter(|op| !ended(op)).collect();
         if !waiting.is_empty() {
-            let who: Vec<String> = waiting
-                .iter()
-                .filter_map(|op| locks.ops.get(op).map(|o| o.describe()))
-                .collect();
-            report.waiting.push(format!(
-                "{} packs of {} wait for {}",
-                del.packs.len(),
-                names::deletion(&del_id),
-                who.join(", ")
-            ));
+            let line = waiting_line(&del_id, del.packs.len(), &waiting, locks);
+            report.waiting.push(line);
             pending_packs.extend(del.packs.iter().map(|p| p.id));
             // A snapshot of a waited-for backup that ended may use these; they stay
             // until the record is carried out, which puts such packs back.
@@ -383,7 +405,7 @@ fn run(
         if let Some((id, file)) = rescue {
             for p in &file.packs {
                 scratch.add_pack(p)?;
-                packs.insert(p.id, p.size);
+                packs.insert(p.id, PackInfo::of(p));
             }
             rescue_files.push(id);
         }
@@ -469,7 +491,7 @@ fn run(
     for id in &gone {
         marked.push(IndexPack {
             id: *id,
-            size: packs[id],
+            size: packs[id].size,
             blobs: scratch.pack_blobs(id)?,
         });
     }
@@ -498,7 +520,7 @@ fn run(
     for (id, f) in new_files {
         for p in &f.packs {
             scratch.add_pack(p)?;
-            packs.insert(p.id, p.size);
+            packs.insert(p.id, PackInfo::of(p));
         }
         superseded.push(id);
     }
@@ -589,15 +611,10 @@ fn mark_and_remove(
         report.packs_removed += removed;
         report.bytes_freed += freed;
     } else {
-        let who: Vec<String> = wait_for
-            .iter()
-            .filter_map(|op| now.ops.get(op).map(|o| o.describe()))
-            .collect();
+        let ops: Vec<&Id> = wait_for.iter().collect();
+        let line = waiting_line(&del_id, del.packs.len(), &ops, &now);
         report.waiting.push(format!(
-            "{} packs of {} wait for {}; the next prune after they end removes them",
-            del.packs.len(),
-            names::deletion(&del_id),
-            who.join(", ")
+            "{line}; the next prune after they end removes them"
         ));
     }
     Ok(report)
@@ -675,7 +692,7 @@ fn plan(
     // pack is used.
     let mut order: Vec<(PackId, u64, u64)> = packs
         .iter()
-        .map(|(id, size)| (*id, *size, used_in.get(id).copied().unwrap_or(0)))
+        .map(|(id, i)| (*id, i.size, used_in.get(id).copied().unwrap_or(0)))
         .collect();
     order.sort_by(|a, b| {
         let fa = a.2 as f64 / a.1.max(1) as f64;
@@ -708,23 +725,18 @@ fn plan(
     scratch.set_keepers(&keepers)?;
     drop(keepers);
     let mut partly: Vec<(PackId, u64, u64)> = Vec::new(); // id, size, unused
-    for (id, size) in packs {
+    for (id, info) in packs {
         report.packs += 1;
-        report.pack_bytes += size;
+        report.pack_bytes += info.size;
         let kept = kept_bytes.get(id).copied().unwrap_or(0);
-        let blob_bytes: u64 = scratch
-            .pack_blobs(id)?
-            .iter()
-            .map(|b| b.length as u64)
-            .sum();
-        let unused = blob_bytes.saturating_sub(kept);
+        let unused = info.blob_bytes.saturating_sub(kept);
         report.used_bytes += kept;
         report.unused_bytes += unused;
         if kept == 0 {
             plan.delete.push(*id);
-            report.delete_bytes += size;
+            report.delete_bytes += info.size;
         } else if unused > 0 {
-            partly.push((*id, *size, unused));
+            partly.push((*id, info.size, unused));
         }
     }
     let mut unused_left: u64 = partly.iter().map(|p| p.2).sum();
@@ -925,7 +937,7 @@ fn write_consolidated(
     // A full file is written once another pack follows it, so that the last file
     // written is the one that supersedes.
     let mut full: Option<IndexFile> = None;
-    for (id, size) in packs.iter().filter(|(id, _)| !gone.contains(id)) {
+    for (id, info) in packs.iter().filter(|(id, _)| !gone.contains(id)) {
         if let Some(f) = full.take() {
             ids.push(repo.block_on(repo.save_index(&f))?);
         }
@@ -933,7 +945,7 @@ fn write_consolidated(
         n += blobs.len();
         cur.packs.push(IndexPack {
             id: *id,
-            size: *size,
+            size: info.size,
             blobs,
         });
         if n >= BLOBS_PER_INDEX_FILE {
